@@ -1,0 +1,144 @@
+/* conf.c - loading haven.conf; see conf.h. The key table is the reference. */
+#include "lib/conf.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lib/fsutil.h"
+
+const conf_key conf_keys[] = {
+    {"hostname", "localhost", "name this node gives in greetings and Received headers"},
+    {"listen", "127.0.0.1", "address the services listen on"},
+    {"data_dir", "data", "folder holding the account stores (one folder per account)"},
+    {"directory", "sqlite:directory.sqlite", "directory backend: sqlite:PATH (one node)"},
+    {"store_name", "local", "name of the store this node serves"},
+    {"imap_port", "143", "IMAP port (STARTTLS)"},
+    {"imaps_port", "993", "IMAP port with implicit TLS (0 disables)"},
+    {"smtp_port", "25", "SMTP MX port"},
+    {"submission_port", "587", "submission port (STARTTLS then AUTH)"},
+    {"submissions_port", "465", "submission port with implicit TLS (0 disables)"},
+    {"lmtp_port", "24", "LMTP port"},
+    {"http_port", "8080", "admin API, metrics and health"},
+    {"tls_cert", "tls/cert.pem", "TLS certificate chain (PEM)"},
+    {"tls_key", "tls/key.pem", "TLS private key (PEM)"},
+    {"plaintext_loopback", "yes", "allow LOGIN without TLS from loopback addresses"},
+    {"run_dir", "run", "folder for the admin socket and pid file"},
+    {"user", "", "user to drop privileges to after binding ports (empty: stay)"},
+    {"log_level", "info", "debug, info, warn or error"},
+    {"store_segment_size", "67108864", "bytes after which an account log starts a new segment"},
+    {"store_checkpoint_records", "4096", "log records after which the index is checkpointed"},
+    {"store_max_message_size", "104857600", "largest message the store accepts, in bytes"},
+    {NULL, NULL, NULL},
+};
+
+struct conf {
+    char *dir;
+    char **vals; /* parallel to conf_keys; NULL = default */
+    size_t nkeys;
+};
+
+static int key_index(const char *key)
+{
+    for (int i = 0; conf_keys[i].name; i++)
+        if (strcmp(conf_keys[i].name, key) == 0)
+            return i;
+    return -1;
+}
+
+static char *trim(char *s)
+{
+    while (isspace((unsigned char)*s))
+        s++;
+    char *e = s + strlen(s);
+    while (e > s && isspace((unsigned char)e[-1]))
+        *--e = 0;
+    return s;
+}
+
+int conf_load(const char *path, conf **out, hv_err *err)
+{
+    char *text;
+    int rc = fs_read_file(path, &text, NULL, err);
+    if (rc < 0)
+        return rc;
+    conf *c = calloc(1, sizeof(*c));
+    for (c->nkeys = 0; conf_keys[c->nkeys].name; c->nkeys++)
+        ;
+    c->vals = calloc(c->nkeys, sizeof(char *));
+    const char *slash = strrchr(path, '/');
+    c->dir = slash ? strndup(path, (size_t)(slash - path) + (slash == path)) : strdup(".");
+    int lineno = 0;
+    char *save = NULL;
+    for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        lineno++;
+        char *hash = strchr(line, '#');
+        if (hash)
+            *hash = 0;
+        char *s = trim(line);
+        if (!*s)
+            continue;
+        char *eq = strchr(s, '=');
+        if (!eq) {
+            rc = hv_err_set(err, -EINVAL, "%s:%d: expected 'key = value'", path, lineno);
+            goto fail;
+        }
+        *eq = 0;
+        char *key = trim(s), *val = trim(eq + 1);
+        int k = key_index(key);
+        if (k < 0) {
+            rc = hv_err_set(err, -EINVAL, "%s:%d: unknown key '%s' (see docs/config.md)", path,
+                            lineno, key);
+            goto fail;
+        }
+        free(c->vals[k]);
+        c->vals[k] = strdup(val);
+    }
+    free(text);
+    *out = c;
+    return 0;
+fail:
+    free(text);
+    conf_free(c);
+    return rc;
+}
+
+void conf_free(conf *c)
+{
+    if (!c)
+        return;
+    for (size_t i = 0; i < c->nkeys; i++)
+        free(c->vals[i]);
+    free(c->vals);
+    free(c->dir);
+    free(c);
+}
+
+const char *conf_get(const conf *c, const char *key)
+{
+    int k = key_index(key);
+    if (k < 0)
+        abort(); /* a programming error: every key must be declared */
+    return c && c->vals[k] ? c->vals[k] : conf_keys[k].def;
+}
+
+long long conf_get_int(const conf *c, const char *key) { return atoll(conf_get(c, key)); }
+
+int conf_get_bool(const conf *c, const char *key)
+{
+    const char *v = conf_get(c, key);
+    return strcmp(v, "yes") == 0 || strcmp(v, "true") == 0 || strcmp(v, "1") == 0 ||
+           strcmp(v, "on") == 0;
+}
+
+void conf_path(const conf *c, const char *key, char *out, size_t outlen)
+{
+    const char *v = conf_get(c, key);
+    if (v[0] == '/' || !c)
+        snprintf(out, outlen, "%s", v);
+    else
+        snprintf(out, outlen, "%s/%s", c->dir, v);
+}
+
+const char *conf_dir(const conf *c) { return c ? c->dir : "."; }
