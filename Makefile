@@ -38,7 +38,11 @@ build/asan/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(SAN) -MMD -MP -c $< -o $@
 
+# ar keeps only base names: two parts with a file of the same name would
+# silently replace each other's object, so refuse that.
 build/libhaven.a: $(LIB_OBJ)
+	@d=$$(printf '%s\n' $(notdir $^) | sort | uniq -d); \
+	  [ -z "$$d" ] || { echo "Makefile: two sources named $$d under src/: rename one"; exit 1; }
 	@rm -f $@
 	ar rcs $@ $^
 

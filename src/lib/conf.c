@@ -25,6 +25,7 @@ const conf_key conf_keys[] = {
     {"tls_key", "tls/key.pem", "TLS private key (PEM)"},
     {"plaintext_loopback", "yes", "allow LOGIN without TLS from loopback addresses"},
     {"run_dir", "run", "folder for the admin socket and pid file"},
+    {"queue_dir", "queue", "folder of the durable SMTP queue (for the smtp service, coming later)"},
     {"user", "", "user to drop privileges to after binding ports (empty: stay)"},
     {"log_level", "info", "debug, info, warn or error"},
     {"store_segment_size", "67108864", "bytes after which an account log starts a new segment"},

@@ -12,6 +12,8 @@
 #ifndef HV_CONF_H
 #define HV_CONF_H
 
+#include <stddef.h>
+
 #include "lib/err.h"
 
 typedef struct conf_key {

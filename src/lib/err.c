@@ -36,12 +36,13 @@ void hv_err_prefix(hv_err *err, const char *fmt, ...)
 {
     if (!err)
         return;
-    char head[256], old[sizeof(err->msg)];
+    char head[128], old[sizeof(err->msg) - 130];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(head, sizeof(head), fmt, ap);
     va_end(ap);
-    memcpy(old, err->msg, sizeof(old));
+    memcpy(old, err->msg, sizeof(old) - 1);
+    old[sizeof(old) - 1] = 0;
     snprintf(err->msg, sizeof(err->msg), "%s: %s", head, old);
 }
 

@@ -1,0 +1,402 @@
+/* test_store.c - the account store: API behaviour, recovery and damage. */
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "lib/fsutil.h"
+#include "store/store.h"
+#include "testlib.h"
+
+static char acct_dir[4096];
+
+static store_account *fresh(void)
+{
+    snprintf(acct_dir, sizeof(acct_dir), "%s/acct_dir", t_tmpdir());
+    store_account *a = NULL;
+    hv_err err = {0};
+    if (store_open(acct_dir, "t@example.org", STORE_OPEN_CREATE, NULL, &a, &err) < 0)
+        fprintf(stderr, "open: %s\n", err.msg);
+    return a;
+}
+
+static store_account *reopen(store_account *a)
+{
+    store_close(a);
+    hv_err err = {0};
+    if (store_open(acct_dir, "t@example.org", 0, NULL, &a, &err) < 0) {
+        fprintf(stderr, "reopen: %s\n", err.msg);
+        return NULL;
+    }
+    return a;
+}
+
+static void count_problems(void *ctx, const char *p)
+{
+    if (strncmp(p, "note: ", 6) != 0)
+        (*(int *)ctx)++;
+    fprintf(stderr, "    verify: %s\n", p);
+}
+
+static int verify_problems(void)
+{
+    int n = 0;
+    hv_err err = {0};
+    int rc = store_verify(acct_dir, "t@example.org", count_problems, &n, &err);
+    return rc < 0 ? -1 : rc;
+}
+
+TEST(mailboxes_create_rename_delete)
+{
+    store_account *a = fresh();
+    CHECK(a);
+    hv_err err = {0};
+    uint32_t inbox, work;
+    CHECK(store_mailbox_create(a, "inbox", 0, &inbox, &err) == 0);
+    store_mailbox_info mi;
+    CHECK(store_mailbox_find(a, "INBOX", &mi) == 0 && mi.id == inbox);
+    CHECK(strcmp(mi.name, "INBOX") == 0 && mi.uidnext == 1 && mi.uidvalidity > 0);
+    CHECK(store_mailbox_create(a, "INBOX", 0, NULL, &err) == -EEXIST);
+    CHECK(store_mailbox_create(a, "Work/Projects", STORE_USE_ARCHIVE, &work, &err) == 0);
+    CHECK(store_mailbox_create(a, "bad//name", 0, NULL, &err) == -EINVAL);
+    CHECK(store_mailbox_create(a, "", 0, NULL, &err) == -EINVAL);
+    CHECK(store_mailbox_rename(a, work, "Old", &err) == 0);
+    CHECK(store_mailbox_find(a, "Old", &mi) == 0 && mi.id == work &&
+          mi.special_use == STORE_USE_ARCHIVE);
+    CHECK(store_mailbox_rename(a, work, "INBOX", &err) == -EEXIST);
+    CHECK(store_mailbox_count(a) == 2);
+    CHECK(store_mailbox_delete(a, work, &err) == 0);
+    CHECK(store_mailbox_find(a, "Old", &mi) == -ENOENT);
+    a = reopen(a);
+    CHECK(a);
+    CHECK(store_mailbox_count(a) == 1);
+    store_close(a);
+}
+
+TEST(append_read_flags_expunge)
+{
+    store_account *a = fresh();
+    hv_err err = {0};
+    uint32_t inbox, uid = 0;
+    CHECK(store_mailbox_create(a, "INBOX", 0, &inbox, &err) == 0);
+    const char *msg = "Subject: hi\r\n\r\nhello\r\n";
+    for (int i = 0; i < 10; i++) {
+        char body[100];
+        snprintf(body, sizeof(body), "%s%d\r\n", msg, i);
+        CHECKM(store_append(a, inbox, body, strlen(body), i == 3 ? STORE_FLAG_SEEN : 0,
+                            1700000000 + i, &uid, &err) == 0, "%s", err.msg);
+        CHECK(uid == (uint32_t)i + 1);
+    }
+    store_msg m;
+    CHECK(store_msg_at(a, inbox, 3, &m) == 0 && m.uid == 4 && m.flags == STORE_FLAG_SEEN);
+    char *data;
+    size_t len;
+    CHECK(store_blob_read(a, &m.blob, &data, &len, &err) == 0);
+    CHECK(len == m.size && memcmp(data, msg, strlen(msg)) == 0 && data[len - 3] == '3');
+    free(data);
+
+    uint32_t uids[] = {2, 3, 4, 99};
+    CHECK(store_set_flags(a, inbox, uids, 4, STORE_FLAGS_ADD, STORE_FLAG_FLAGGED, 0, NULL,
+                          &err) == 0);
+    uint64_t ms = store_highest_modseq(a);
+    CHECK(store_msg_at(a, inbox, 1, &m) == 0 && m.flags == STORE_FLAG_FLAGGED && m.modseq == ms);
+    /* CONDSTORE: message 2 changed after modseq ms-1, so it is refused. */
+    size_t failed = 0;
+    uint32_t one[] = {2};
+    CHECK(store_set_flags(a, inbox, one, 1, STORE_FLAGS_REPLACE, 0, ms - 1, &failed, &err) == 0);
+    CHECK(failed == 1);
+    uint32_t ex[] = {1, 5, 6, 7};
+    CHECK(store_expunge(a, inbox, ex, 4, &err) == 0);
+    uint32_t n;
+    CHECK(store_msg_count(a, inbox, &n) == 0 && n == 6);
+    CHECK(store_msg_at(a, inbox, 0, &m) == 0 && m.uid == 2);
+    CHECK(store_msg_at(a, inbox, 3, &m) == 0 && m.uid == 8);
+    uint8_t d1[32], d2[32];
+    store_digest(a, d1);
+    a = reopen(a);
+    CHECK(a);
+    store_digest(a, d2);
+    CHECK(memcmp(d1, d2, 32) == 0);
+    CHECK(store_msg_count(a, inbox, &n) == 0 && n == 6);
+    CHECK(verify_problems() == 0);
+    store_close(a);
+}
+
+typedef struct change_log {
+    int appends, flags, expunges, creates;
+    uint64_t first;
+} change_log;
+
+static int on_change(void *ctx, const store_record *r)
+{
+    change_log *c = ctx;
+    if (!c->first)
+        c->first = r->modseq;
+    c->appends += r->type == STORE_REC_APPEND;
+    c->flags += r->type == STORE_REC_FLAGS;
+    c->expunges += r->type == STORE_REC_EXPUNGE;
+    c->creates += r->type == STORE_REC_MAILBOX_CREATE;
+    return 0;
+}
+
+TEST(changes_since_covers_expunges)
+{
+    store_account *a = fresh();
+    hv_err err = {0};
+    uint32_t inbox, uid;
+    CHECK(store_mailbox_create(a, "INBOX", 0, &inbox, &err) == 0);
+    CHECK(store_append(a, inbox, "a\r\n", 3, 0, 1, &uid, &err) == 0);
+    uint64_t mark = store_highest_modseq(a);
+    CHECK(store_append(a, inbox, "b\r\n", 3, 0, 1, &uid, &err) == 0);
+    CHECK(store_set_flags(a, inbox, &uid, 1, STORE_FLAGS_ADD, STORE_FLAG_SEEN, 0, NULL, &err) == 0);
+    CHECK(store_expunge(a, inbox, &uid, 1, &err) == 0);
+    CHECK(store_checkpoint(a, &err) == 0);
+    change_log c = {0};
+    CHECK(store_changes_since(a, mark, on_change, &c, &err) == 0);
+    CHECK(c.first == mark + 1 && c.appends == 1 && c.flags == 1 && c.expunges == 1 &&
+          c.creates == 0);
+    change_log all = {0};
+    CHECK(store_changes_since(a, 0, on_change, &all, &err) == 0);
+    CHECK(all.creates == 1 && all.appends == 2);
+    store_close(a);
+}
+
+TEST(copy_shares_blob_and_keywords)
+{
+    store_account *a = fresh();
+    hv_err err = {0};
+    uint32_t inbox, arch, uid, nu[2];
+    CHECK(store_mailbox_create(a, "INBOX", 0, &inbox, &err) == 0);
+    CHECK(store_mailbox_create(a, "Archive", 0, &arch, &err) == 0);
+    CHECK(store_append(a, inbox, "x\r\n", 3, 0, 5, &uid, &err) == 0);
+    uint32_t src[] = {uid, 77};
+    CHECK(store_copy(a, inbox, src, 2, arch, nu, &err) == 0);
+    CHECK(nu[0] == 1 && nu[1] == 0);
+    store_msg m1, m2;
+    CHECK(store_msg_at(a, inbox, 0, &m1) == 0 && store_msg_at(a, arch, 0, &m2) == 0);
+    CHECK(memcmp(&m1.blob, &m2.blob, 32) == 0 && m2.internal_date == 5);
+    uint64_t bit, bit2;
+    CHECK(store_keyword(a, "$Junk", 0, &bit, &err) == -ENOENT);
+    CHECK(store_keyword(a, "$Junk", 1, &bit, &err) == 0);
+    CHECK(store_keyword(a, "$junk", 0, &bit2, &err) == 0 && bit2 == bit);
+    CHECK(strcmp(store_keyword_name(a, bit), "$Junk") == 0);
+    CHECK(store_subscribe(a, "Archive", 1, &err) == 0 && store_is_subscribed(a, "Archive"));
+    CHECK(store_setting_set(a, "quota", "1000", &err) == 0);
+    a = reopen(a);
+    CHECK(a);
+    CHECK(store_is_subscribed(a, "Archive"));
+    CHECK(store_setting_get(a, "quota") && strcmp(store_setting_get(a, "quota"), "1000") == 0);
+    CHECK(store_keyword(a, "$Junk", 0, &bit2, &err) == 0 && bit2 == bit);
+    store_close(a);
+}
+
+TEST(readers_see_writers_without_reopening)
+{
+    store_account *w = fresh();
+    hv_err err = {0};
+    uint32_t inbox, uid, n = 0;
+    CHECK(store_mailbox_create(w, "INBOX", 0, &inbox, &err) == 0);
+    store_account *r;
+    CHECK(store_open(acct_dir, "t@example.org", 0, NULL, &r, &err) == 0);
+    CHECK(store_msg_count(r, inbox, &n) == 0 && n == 0);
+    CHECK(store_append(w, inbox, "y\r\n", 3, 0, 5, &uid, &err) == 0);
+    CHECK(store_msg_count(r, inbox, &n) == 0 && n == 1);
+    /* And the other way: the reader writes, the first handle catches up. */
+    CHECK(store_append(r, inbox, "z\r\n", 3, 0, 5, &uid, &err) == 0 && uid == 2);
+    CHECK(store_msg_count(w, inbox, &n) == 0 && n == 2);
+    uint8_t d1[32], d2[32];
+    store_digest(w, d1);
+    store_digest(r, d2);
+    CHECK(memcmp(d1, d2, 32) == 0);
+    store_close(r);
+    store_close(w);
+}
+
+TEST(batch_and_segments_roll)
+{
+    snprintf(acct_dir, sizeof(acct_dir), "%s/acct_dir", t_tmpdir());
+    store_options opt = {.segment_size = 4096, .checkpoint_records = 50};
+    store_account *a;
+    hv_err err = {0};
+    CHECK(store_open(acct_dir, "t@example.org", STORE_OPEN_CREATE, &opt, &a, &err) == 0);
+    uint32_t inbox;
+    CHECK(store_mailbox_create(a, "INBOX", 0, &inbox, &err) == 0);
+    for (int round = 0; round < 5; round++) {
+        store_batch *b;
+        CHECK(store_batch_begin(a, &b, &err) == 0);
+        for (int i = 0; i < 40; i++) {
+            char body[64];
+            int len = snprintf(body, sizeof(body), "Subject: %d-%d\r\n\r\nx\r\n", round, i);
+            CHECK(store_batch_add(b, inbox, body, (size_t)len, 0, 0, NULL, &err) == 0);
+        }
+        CHECKM(store_batch_commit(b, &err) == 0, "%s", err.msg);
+    }
+    uint32_t n;
+    CHECK(store_msg_count(a, inbox, &n) == 0 && n == 200);
+    store_msg m;
+    CHECK(store_msg_at(a, inbox, 199, &m) == 0 && m.uid == 200);
+    change_log c = {0};
+    CHECK(store_changes_since(a, 100, on_change, &c, &err) == 0);
+    CHECK(c.first == 101 && c.appends == 101);
+    store_close(a);
+    CHECK(store_open(acct_dir, "t@example.org", 0, &opt, &a, &err) == 0);
+    CHECK(store_msg_count(a, inbox, &n) == 0 && n == 200);
+    store_close(a);
+    char seg2[4200];
+    snprintf(seg2, sizeof(seg2), "%s/log/%020d.log", acct_dir, 2);
+    CHECK(access(seg2, F_OK) == 0);
+    CHECK(verify_problems() == 0);
+}
+
+static off_t file_size(const char *p)
+{
+    struct stat st;
+    return stat(p, &st) == 0 ? st.st_size : -1;
+}
+
+TEST(torn_tail_is_cut_and_reported)
+{
+    store_account *a = fresh();
+    hv_err err = {0};
+    uint32_t inbox, uid;
+    CHECK(store_mailbox_create(a, "INBOX", 0, &inbox, &err) == 0);
+    CHECK(store_append(a, inbox, "1\r\n", 3, 0, 0, &uid, &err) == 0);
+    store_close(a);
+    char seg[4200];
+    snprintf(seg, sizeof(seg), "%s/log/%020d.log", acct_dir, 1);
+    off_t good = file_size(seg);
+    /* Half a record at the end, as a crash mid-write leaves it. */
+    int fd = open(seg, O_WRONLY | O_APPEND);
+    CHECK(fd >= 0);
+    CHECK(write(fd, "\x40\x00\x00\x00\x12\x34\x56\x78zzzz", 12) == 12);
+    close(fd);
+    CHECK(verify_problems() == 0); /* reported as a note, not damage */
+    store_stats s0, s1;
+    store_get_stats(&s0);
+    CHECK(store_open(acct_dir, "t@example.org", 0, NULL, &a, &err) == 0);
+    store_get_stats(&s1);
+    CHECK(s1.tail_truncations == s0.tail_truncations + 1);
+    CHECK(file_size(seg) >= good); /* the cut, plus maybe a checkpoint marker */
+    uint32_t n;
+    CHECK(store_msg_count(a, inbox, &n) == 0 && n == 1);
+    CHECK(store_append(a, inbox, "2\r\n", 3, 0, 0, &uid, &err) == 0 && uid == 2);
+    store_close(a);
+    CHECK(verify_problems() == 0);
+}
+
+TEST(corrupt_record_refuses_account)
+{
+    store_account *a = fresh();
+    hv_err err = {0};
+    uint32_t inbox, uid;
+    CHECK(store_mailbox_create(a, "INBOX", 0, &inbox, &err) == 0);
+    CHECK(store_append(a, inbox, "1\r\n", 3, 0, 0, &uid, &err) == 0);
+    off_t mid;
+    char seg[4200];
+    snprintf(seg, sizeof(seg), "%s/log/%020d.log", acct_dir, 1);
+    mid = file_size(seg);
+    CHECK(store_append(a, inbox, "2\r\n", 3, 0, 0, &uid, &err) == 0);
+    CHECK(store_append(a, inbox, "3\r\n", 3, 0, 0, &uid, &err) == 0);
+    store_close(a);
+    /* Flip a byte inside the second append (after the checkpoint). */
+    int fd = open(seg, O_RDWR);
+    uint8_t byte;
+    CHECK(pread(fd, &byte, 1, mid + 30) == 1);
+    byte ^= 0x5a;
+    CHECK(pwrite(fd, &byte, 1, mid + 30) == 1);
+    close(fd);
+    CHECK(store_open(acct_dir, "t@example.org", 0, NULL, &a, &err) == -EUCLEAN);
+    CHECK(strstr(err.msg, "segment 1") && strstr(err.msg, "offset"));
+    CHECK(verify_problems() >= 1);
+}
+
+TEST(damaged_index_is_rebuilt)
+{
+    store_account *a = fresh();
+    hv_err err = {0};
+    uint32_t inbox, uid;
+    CHECK(store_mailbox_create(a, "INBOX", 0, &inbox, &err) == 0);
+    for (int i = 0; i < 20; i++)
+        CHECK(store_append(a, inbox, "m\r\n", 3, 0, 0, &uid, &err) == 0);
+    CHECK(store_checkpoint(a, &err) == 0);
+    uint8_t d1[32], d2[32];
+    store_digest(a, d1);
+    store_close(a);
+    char ix[4200];
+    snprintf(ix, sizeof(ix), "%s/index/index.ckpt", acct_dir);
+    int fd = open(ix, O_RDWR);
+    uint8_t byte;
+    CHECK(pread(fd, &byte, 1, 150) == 1);
+    byte ^= 1;
+    CHECK(pwrite(fd, &byte, 1, 150) == 1);
+    close(fd);
+    CHECK(verify_problems() == 1);
+    store_stats s0, s1;
+    store_get_stats(&s0);
+    CHECK(store_open(acct_dir, "t@example.org", 0, NULL, &a, &err) == 0);
+    store_get_stats(&s1);
+    CHECK(s1.index_rebuilds == s0.index_rebuilds + 1);
+    store_digest(a, d2);
+    CHECK(memcmp(d1, d2, 32) == 0);
+    store_close(a);
+    CHECK(verify_problems() == 0);
+}
+
+TEST(flipped_blob_is_detected)
+{
+    store_account *a = fresh();
+    hv_err err = {0};
+    uint32_t inbox, uid;
+    CHECK(store_mailbox_create(a, "INBOX", 0, &inbox, &err) == 0);
+    CHECK(store_append(a, inbox, "secret\r\n", 8, 0, 0, &uid, &err) == 0);
+    store_msg m;
+    CHECK(store_msg_at(a, inbox, 0, &m) == 0);
+    char hex[65], path[4300];
+    static const char d[] = "0123456789abcdef";
+    for (int i = 0; i < 32; i++) {
+        hex[2 * i] = d[m.blob.b[i] >> 4];
+        hex[2 * i + 1] = d[m.blob.b[i] & 15];
+    }
+    hex[64] = 0;
+    snprintf(path, sizeof(path), "%s/blobs/%.2s/%s", acct_dir, hex, hex);
+    int fd = open(path, O_RDWR);
+    CHECK(fd >= 0 && pwrite(fd, "S", 1, 0) == 1);
+    close(fd);
+    char *data;
+    size_t len;
+    CHECK(store_blob_read(a, &m.blob, &data, &len, &err) == -EUCLEAN);
+    store_close(a);
+    CHECK(verify_problems() == 1);
+}
+
+TEST(account_dir_rejects_unsafe_addresses)
+{
+    char out[512];
+    hv_err err;
+    CHECK(store_account_dir("d", "a@b.c", out, sizeof(out), &err) == 0);
+    CHECK(strcmp(out, "d/accounts/b.c/a") == 0);
+    CHECK(store_account_dir("d", "../x@b.c", out, sizeof(out), &err) < 0);
+    CHECK(store_account_dir("d", "a/b@c", out, sizeof(out), &err) < 0);
+    CHECK(store_account_dir("d", "a@..", out, sizeof(out), &err) < 0);
+    CHECK(store_account_dir("d", "A@b.c", out, sizeof(out), &err) < 0);
+    CHECK(store_account_dir("d", "@b.c", out, sizeof(out), &err) < 0);
+    CHECK(store_account_dir("d", "a@", out, sizeof(out), &err) < 0);
+}
+
+int main(void)
+{
+    RUN(mailboxes_create_rename_delete);
+    RUN(append_read_flags_expunge);
+    RUN(changes_since_covers_expunges);
+    RUN(copy_shares_blob_and_keywords);
+    RUN(readers_see_writers_without_reopening);
+    RUN(batch_and_segments_roll);
+    RUN(torn_tail_is_cut_and_reported);
+    RUN(corrupt_record_refuses_account);
+    RUN(damaged_index_is_rebuilt);
+    RUN(flipped_blob_is_detected);
+    RUN(account_dir_rejects_unsafe_addresses);
+    return t_done();
+}
