@@ -1,0 +1,767 @@
+/*
+ * test_dir.c - the directory's SQLite backend, its name rules and the
+ * password hashes.
+ *
+ * The address rules get the most cases: the store turns an address into
+ * DATA/accounts/DOMAIN/LOCAL, so anything that slips through here is a
+ * path outside DATA.
+ */
+#include <sqlite3.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "dir/dir.h"
+#include "dir/password.h"
+#include "lib/buf.h"
+#include "testlib.h"
+
+/* The folder of the last open_fresh. */
+static char cur_dir[4096];
+
+static dir *open_fresh(void)
+{
+    char spec[4200];
+    snprintf(cur_dir, sizeof(cur_dir), "%s", t_tmpdir());
+    snprintf(spec, sizeof(spec), "sqlite:%s/directory.sqlite", cur_dir);
+    dir *d = NULL;
+    hv_err err = {0};
+    if (dir_open(spec, &d, &err) < 0) {
+        fprintf(stderr, "  dir_open: %s\n", err.msg);
+        return NULL;
+    }
+    return d;
+}
+
+static uint64_t version_of(dir *d)
+{
+    uint64_t v = 0;
+    hv_err err;
+    if (dir_version(d, &v, &err) < 0)
+        return UINT64_MAX;
+    return v;
+}
+
+/* --- names --- */
+
+static int addr_ok(const char *in, const char *want)
+{
+    char out[DIR_ADDRESS_MAX + 1];
+    hv_err err = {0};
+    if (dir_address_normalize(in, out, &err) < 0) {
+        fprintf(stderr, "  unexpected rejection of '%s': %s\n", in, err.msg);
+        return 0;
+    }
+    if (strcmp(out, want) != 0) {
+        fprintf(stderr, "  '%s' normalised to '%s', want '%s'\n", in, out, want);
+        return 0;
+    }
+    return 1;
+}
+
+static int addr_bad(const char *in)
+{
+    char out[DIR_ADDRESS_MAX + 1];
+    hv_err err = {0};
+    int rc = dir_address_normalize(in, out, &err);
+    if (rc != -EINVAL) {
+        fprintf(stderr, "  '%s' accepted (rc %d)\n", in, rc);
+        return 0;
+    }
+    /* The reason goes to an operator's terminal or a log line. */
+    if (!err.msg[0] || strchr(err.msg, '\n') || strlen(err.msg) > 300) {
+        fprintf(stderr, "  bad reason for '%s': '%s'\n", in, err.msg);
+        return 0;
+    }
+    return 1;
+}
+
+static char *repeat(char ch, size_t n)
+{
+    char *s = malloc(n + 1);
+    memset(s, ch, n);
+    s[n] = 0;
+    return s;
+}
+
+TEST(test_address_valid)
+{
+    CHECK(addr_ok("alice@example.com", "alice@example.com"));
+    CHECK(addr_ok("Alice.Smith+Tag@Example.COM", "alice.smith+tag@example.com"));
+    CHECK(addr_ok("a_b-c@x-y.z0", "a_b-c@x-y.z0"));
+    CHECK(addr_ok("a@localhost", "a@localhost"));
+    CHECK(addr_ok("1@2.3", "1@2.3"));
+}
+
+TEST(test_address_traversal)
+{
+    CHECK(addr_bad("../x@y"));
+    CHECK(addr_bad("..@y"));
+    CHECK(addr_bad(".@y"));
+    CHECK(addr_bad("a/b@c"));
+    CHECK(addr_bad("a\\b@c"));
+    CHECK(addr_bad("a@.."));
+    CHECK(addr_bad("a@."));
+    CHECK(addr_bad("a@../x"));
+    CHECK(addr_bad("a@b/c"));
+    CHECK(addr_bad("a@b/../c"));
+    CHECK(addr_bad("x@y/.."));
+    CHECK(addr_bad("a@b\\c"));
+    CHECK(addr_bad("%2e%2e@y"));
+    CHECK(addr_bad("~root@y"));
+}
+
+TEST(test_address_malformed)
+{
+    const char *bad[] = {
+        "", "a", "@b", "a@", "a@b@c", "a b@c", "a@b c", "a\n@b", "a@b\n", "a\r@b", "\"a\"@b",
+        "a..b@c", ".a@b", "a.@b", "-a@b", "a@.b", "a@b.", "a@b..c", "a@-b.c", "a@b-.c",
+        "a@b_c.d", "a@[127.0.0.1]", "a:b@c", "a;b@c", "a*@b", "a%b@c", "a!b@c",
+        "\xc3\xa9t\xc3\xa9@example.com", "a@\xc3\xa9.com", "a\t@b", "a@b\x7f",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        CHECK(addr_bad(bad[i]));
+    char out[DIR_ADDRESS_MAX + 1];
+    CHECK(dir_address_normalize(NULL, out, NULL) == -EINVAL);
+}
+
+TEST(test_address_lengths)
+{
+    char addr[2048];
+    char *l64 = repeat('a', 64), *l65 = repeat('a', 65), *lab63 = repeat('b', 63),
+         *lab64 = repeat('b', 64), *huge = repeat('x', 100000);
+    snprintf(addr, sizeof(addr), "%s@example.com", l64);
+    int ok64 = addr_ok(addr, addr);
+    snprintf(addr, sizeof(addr), "%s@example.com", l65);
+    int bad65 = addr_bad(addr);
+    snprintf(addr, sizeof(addr), "a@%s.com", lab63);
+    int oklab = addr_ok(addr, addr);
+    snprintf(addr, sizeof(addr), "a@%s.com", lab64);
+    int badlab = addr_bad(addr);
+    /* Domain of 253 (four labels: 63+1+63+1+63+1+61) and total of 254... */
+    char dom253[300], dom254[300];
+    snprintf(dom253, sizeof(dom253), "%s.%s.%s.%.*s", lab63, lab63, lab63, 61, lab63);
+    snprintf(dom254, sizeof(dom254), "%s.%s.%s.%.*s", lab63, lab63, lab63, 62, lab63);
+    hv_err err;
+    char dout[DIR_DOMAIN_MAX + 1];
+    int okdom = strlen(dom253) == 253 && dir_domain_normalize(dom253, dout, &err) == 0;
+    int baddom = dir_domain_normalize(dom254, dout, &err) == -EINVAL;
+    /* ...but a 253-character domain leaves only "a@" room: 255 is too long. */
+    snprintf(addr, sizeof(addr), "a@%s", dom253);
+    int badtotal = addr_bad(addr);
+    char dom251[300];
+    snprintf(dom251, sizeof(dom251), "%s.%s.%s.%.*s", lab63, lab63, lab63, 59, lab63);
+    snprintf(addr, sizeof(addr), "a@%s", dom251);
+    int oktotal = strlen(addr) == 253 && addr_ok(addr, addr);
+    snprintf(addr, sizeof(addr), "ab@%s", dom251);
+    int oktotal254 = strlen(addr) == 254 && addr_ok(addr, addr);
+    snprintf(addr, sizeof(addr), "abc@%s", dom251);
+    int badtotal255 = addr_bad(addr);
+    int badhuge = addr_bad(huge);
+    huge[50000] = '@';
+    int badhuge2 = addr_bad(huge);
+    free(l64), free(l65), free(lab63), free(lab64), free(huge);
+    CHECK(ok64);
+    CHECK(bad65);
+    CHECK(oklab);
+    CHECK(badlab);
+    CHECK(okdom);
+    CHECK(baddom);
+    CHECK(badtotal);
+    CHECK(oktotal);
+    CHECK(oktotal254);
+    CHECK(badtotal255);
+    CHECK(badhuge);
+    CHECK(badhuge2);
+}
+
+TEST(test_domain_and_store_names)
+{
+    char out[DIR_DOMAIN_MAX + 1];
+    hv_err err;
+    CHECK(dir_domain_normalize("Example.ORG", out, &err) == 0 && strcmp(out, "example.org") == 0);
+    CHECK(dir_domain_normalize("..", out, &err) == -EINVAL);
+    CHECK(dir_domain_normalize("a/b", out, &err) == -EINVAL);
+    CHECK(dir_domain_normalize("", out, &err) == -EINVAL);
+    CHECK(dir_domain_normalize("a@b", out, &err) == -EINVAL);
+    char st[DIR_STORE_NAME_MAX + 1];
+    CHECK(dir_store_name_normalize("Store-1.a_b", st, &err) == 0 && strcmp(st, "store-1.a_b") == 0);
+    CHECK(dir_store_name_normalize("..", st, &err) == -EINVAL);
+    CHECK(dir_store_name_normalize("a/b", st, &err) == -EINVAL);
+    CHECK(dir_store_name_normalize("-x", st, &err) == -EINVAL);
+    CHECK(dir_store_name_normalize("", st, &err) == -EINVAL);
+}
+
+TEST(test_state_names)
+{
+    enum dir_state s;
+    hv_err err;
+    const char *names[] = {"active", "held", "moving", "restoring"};
+    for (int i = 0; i < 4; i++) {
+        CHECK(dir_state_parse(names[i], &s, &err) == 0);
+        CHECK(strcmp(dir_state_name(s), names[i]) == 0);
+    }
+    CHECK(dir_state_parse("Active", &s, &err) == -EINVAL);
+    CHECK(dir_state_parse("frozen", &s, &err) == -EINVAL);
+    CHECK(strstr(err.msg, "frozen") != NULL);
+    CHECK(dir_state_parse(NULL, &s, &err) == -EINVAL);
+}
+
+/* --- opening --- */
+
+TEST(test_open_specs)
+{
+    dir *d = NULL;
+    hv_err err;
+    CHECK(dir_open("", &d, &err) == -EINVAL);
+    CHECK(dir_open("mysql:x", &d, &err) == -EINVAL);
+    CHECK(strstr(err.msg, "unknown backend") != NULL);
+    CHECK(dir_open("sqlite:", &d, &err) == -EINVAL);
+    CHECK(dir_open("directory.sqlite", &d, &err) == -EINVAL);
+    char spec[4200];
+    snprintf(spec, sizeof(spec), "sqlite:%s/no/such/folder/d.sqlite", t_tmpdir());
+    CHECK(dir_open(spec, &d, &err) == -ENOENT);
+    CHECK(d == NULL);
+}
+
+TEST(test_open_creates_private_file_and_reopens)
+{
+    dir *d = open_fresh();
+    CHECK(d);
+    hv_err err;
+    int rc = dir_account_add(d, "a@example.com", NULL, "local", 0, &err);
+    dir_close(d);
+    CHECKM(rc == 0, "%s", err.msg);
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/directory.sqlite", cur_dir);
+    struct stat sb;
+    CHECK(stat(path, &sb) == 0);
+    CHECK((sb.st_mode & 0777) == 0600);
+    char spec[4300];
+    snprintf(spec, sizeof(spec), "sqlite:%s", path);
+    CHECKM(dir_open(spec, &d, &err) == 0, "%s", err.msg);
+    dir_account a;
+    rc = dir_account_get(d, "a@example.com", &a, &err);
+    uint64_t v = version_of(d);
+    dir_close(d);
+    CHECKM(rc == 0, "%s", err.msg);
+    CHECK(v == 1);
+}
+
+TEST(test_open_refuses_newer_schema)
+{
+    dir *d = open_fresh();
+    CHECK(d);
+    dir_close(d);
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/directory.sqlite", cur_dir);
+    sqlite3 *db;
+    CHECK(sqlite3_open(path, &db) == SQLITE_OK);
+    int rc = sqlite3_exec(db, "UPDATE schema_version SET version = 99", NULL, NULL, NULL);
+    sqlite3_close(db);
+    CHECK(rc == SQLITE_OK);
+    char spec[4300];
+    snprintf(spec, sizeof(spec), "sqlite:%s", path);
+    hv_err err;
+    d = NULL;
+    CHECK(dir_open(spec, &d, &err) == -EPROTO);
+    CHECK(d == NULL);
+    CHECK(strstr(err.msg, "99") != NULL);
+}
+
+TEST(test_open_conf_relative_path)
+{
+    const char *tmp = t_tmpdir();
+    char cpath[4200];
+    snprintf(cpath, sizeof(cpath), "%s/haven.conf", tmp);
+    FILE *f = fopen(cpath, "w");
+    CHECK(f);
+    fputs("directory = sqlite:dir.sqlite\n", f);
+    fclose(f);
+    conf *c = NULL;
+    hv_err err;
+    CHECKM(conf_load(cpath, &c, &err) == 0, "%s", err.msg);
+    dir *d = NULL;
+    int rc = dir_open_conf(c, &d, &err);
+    conf_free(c);
+    CHECKM(rc == 0, "%s", err.msg);
+    dir_close(d);
+    char dpath[4200];
+    snprintf(dpath, sizeof(dpath), "%s/dir.sqlite", tmp);
+    struct stat sb;
+    CHECK(stat(dpath, &sb) == 0);
+}
+
+/* --- domains --- */
+
+static int collect(void *ctx, const char *s)
+{
+    buf *b = ctx;
+    buf_printf(b, "%s;", s);
+    return 0;
+}
+
+TEST(test_domains)
+{
+    dir *d = open_fresh();
+    CHECK(d);
+    hv_err err;
+    buf b;
+    buf_init(&b);
+    int ok = dir_domain_add(d, "Example.com", &err) == 0 &&
+             dir_domain_add(d, "b.org", &err) == 0 &&
+             dir_domain_add(d, "example.COM", &err) == -EEXIST &&
+             strstr(err.msg, "already exists") != NULL &&
+             dir_domain_add(d, "bad/domain", &err) == -EINVAL &&
+             dir_domain_exists(d, "EXAMPLE.com", &err) == 0 &&
+             dir_domain_exists(d, "nope.com", &err) == -ENOENT &&
+             dir_domain_list(d, collect, &b, &err) == 0;
+    int listed = ok && strcmp((char *)b.data, "b.org;example.com;") == 0;
+    int del = dir_domain_del(d, "b.org", &err) == 0 && dir_domain_del(d, "b.org", &err) == -ENOENT;
+    buf_reset(&b);
+    dir_domain_list(d, collect, &b, &err);
+    int after = strcmp((char *)b.data, "example.com;") == 0;
+    buf_free(&b);
+    dir_close(d);
+    CHECKM(ok, "%s", err.msg);
+    CHECK(listed);
+    CHECK(del);
+    CHECK(after);
+}
+
+TEST(test_domain_del_refused_while_in_use)
+{
+    dir *d = open_fresh();
+    CHECK(d);
+    hv_err err;
+    int add = dir_account_add(d, "a@x.org", NULL, "local", 0, &err) == 0 &&
+              dir_account_add(d, "b@x.org", NULL, "local", 0, &err) == 0;
+    uint64_t v = version_of(d);
+    int refused = dir_domain_del(d, "x.org", &err) == -ENOTEMPTY;
+    int reason = strstr(err.msg, "2 accounts") != NULL;
+    int unchanged = version_of(d) == v && dir_domain_exists(d, "x.org", NULL) == 0;
+    dir_account_del(d, "a@x.org", &err);
+    dir_account_del(d, "b@x.org", &err);
+    int alias = dir_alias_add(d, "c@x.org", "a@y.org", &err) == 0;
+    int refused2 = dir_domain_del(d, "x.org", &err) == -ENOTEMPTY && strstr(err.msg, "alias");
+    dir_alias_del(d, "c@x.org", &err);
+    int gone = dir_domain_del(d, "x.org", &err) == 0;
+    dir_close(d);
+    CHECK(add);
+    CHECK(refused);
+    CHECKM(reason, "%s", err.msg);
+    CHECK(unchanged);
+    CHECK(alias);
+    CHECK(refused2);
+    CHECK(gone);
+}
+
+/* --- accounts --- */
+
+TEST(test_account_add_get)
+{
+    dir *d = open_fresh();
+    CHECK(d);
+    hv_err err;
+    int rc = dir_account_add(d, "Alice@Example.COM", "$y$j9T$abc$def", "Local", 1000, &err);
+    dir_account a;
+    int got = rc == 0 && dir_account_get(d, "alice@EXAMPLE.com", &a, &err) == 0;
+    int domain_auto = dir_domain_exists(d, "example.com", &err) == 0;
+    int dup = dir_account_add(d, "alice@example.com", NULL, "local", 0, &err) == -EEXIST &&
+              strstr(err.msg, "already exists") != NULL;
+    int dup_upper = dir_account_add(d, "ALICE@example.com", NULL, "local", 0, &err) == -EEXIST;
+    int unknown = dir_account_get(d, "bob@example.com", &a, &err) == -ENOENT &&
+                  strstr(err.msg, "bob@example.com") != NULL;
+    int malformed = dir_account_get(d, "../x@y", &a, &err) == -EINVAL &&
+                    dir_account_add(d, "a/b@c", NULL, "local", 0, &err) == -EINVAL &&
+                    dir_account_add(d, "a@b", NULL, "../x", 0, &err) == -EINVAL;
+    dir_account a2;
+    int fields = got && dir_account_get(d, "alice@example.com", &a2, &err) == 0;
+    dir_close(d);
+    CHECKM(rc == 0, "%s", err.msg);
+    CHECK(got);
+    CHECK(strcmp(a.address, "alice@example.com") == 0);
+    CHECK(strcmp(a.password_hash, "$y$j9T$abc$def") == 0);
+    CHECK(strcmp(a.store, "local") == 0);
+    CHECK(a.state == DIR_STATE_ACTIVE);
+    CHECK(a.quota_bytes == 1000);
+    CHECK(a.slot == 0);
+    CHECK(a.last_login_attempt == 0);
+    CHECK(a.created > 0);
+    CHECK(domain_auto);
+    CHECK(dup);
+    CHECK(dup_upper);
+    CHECK(unknown);
+    CHECK(malformed);
+    CHECK(fields);
+}
+
+TEST(test_account_changes)
+{
+    dir *d = open_fresh();
+    CHECK(d);
+    hv_err err;
+    dir_account a;
+    CHECKM(dir_account_add(d, "u@x.org", NULL, "local", 0, &err) == 0, "%s", err.msg);
+    CHECK(dir_account_get(d, "u@x.org", &a, &err) == 0 && a.password_hash[0] == 0);
+
+    enum dir_state states[] = {DIR_STATE_HELD, DIR_STATE_MOVING, DIR_STATE_RESTORING,
+                               DIR_STATE_ACTIVE};
+    for (int i = 0; i < 4; i++) {
+        CHECKM(dir_account_set_state(d, "U@X.org", states[i], &err) == 0, "%s", err.msg);
+        CHECK(dir_account_get(d, "u@x.org", &a, &err) == 0 && a.state == states[i]);
+    }
+    CHECK(dir_account_set_state(d, "nobody@x.org", DIR_STATE_HELD, &err) == -ENOENT);
+    CHECK(dir_account_set_state(d, "u@x.org", (enum dir_state)7, &err) == -EINVAL);
+
+    CHECK(dir_account_set_password(d, "u@x.org", "$y$h", &err) == 0);
+    CHECK(dir_account_get(d, "u@x.org", &a, &err) == 0 && strcmp(a.password_hash, "$y$h") == 0);
+    CHECK(dir_account_set_password(d, "u@x.org", "bad hash", &err) == -EINVAL);
+    CHECK(dir_account_set_password(d, "u@x.org", NULL, &err) == 0);
+    CHECK(dir_account_get(d, "u@x.org", &a, &err) == 0 && a.password_hash[0] == 0);
+    CHECK(dir_account_set_password(d, "nobody@x.org", "$y$h", &err) == -ENOENT);
+
+    CHECK(dir_account_set_quota(d, "u@x.org", 5u << 20, &err) == 0);
+    CHECK(dir_account_get(d, "u@x.org", &a, &err) == 0 && a.quota_bytes == 5u << 20);
+    CHECK(dir_account_set_quota(d, "u@x.org", UINT64_MAX, &err) == -EINVAL);
+    CHECK(dir_account_set_quota(d, "nobody@x.org", 1, &err) == -ENOENT);
+
+    CHECK(dir_account_set_store(d, "u@x.org", "store2", 3, &err) == 0);
+    CHECK(dir_account_get(d, "u@x.org", &a, &err) == 0 && strcmp(a.store, "store2") == 0 &&
+          a.slot == 3);
+
+    CHECK(dir_account_login_attempt(d, "u@x.org", 1700000000, &err) == 0);
+    CHECK(dir_account_login_attempt(d, "u@x.org", 1600000000, &err) == 0);
+    CHECK(dir_account_get(d, "u@x.org", &a, &err) == 0 && a.last_login_attempt == 1700000000);
+    CHECK(dir_account_login_attempt(d, "nobody@x.org", 1, &err) == -ENOENT);
+
+    CHECK(dir_account_del(d, "U@x.org", &err) == 0);
+    CHECK(dir_account_get(d, "u@x.org", &a, &err) == -ENOENT);
+    CHECK(dir_account_del(d, "u@x.org", &err) == -ENOENT);
+    CHECK(dir_domain_exists(d, "x.org", &err) == 0); /* domains stay until deleted */
+    dir_close(d);
+}
+
+typedef struct list_ctx {
+    buf b;
+    int stop_after;
+    int seen;
+} list_ctx;
+
+static int list_cb(void *ctx, const dir_account *a)
+{
+    list_ctx *l = ctx;
+    buf_printf(&l->b, "%s:%s;", a->address, dir_state_name(a->state));
+    return ++l->seen == l->stop_after ? 42 : 0;
+}
+
+TEST(test_account_list)
+{
+    dir *d = open_fresh();
+    CHECK(d);
+    hv_err err;
+    const char *addrs[] = {"c@b.org", "a@a.org", "b@b.org", "a@b.org"};
+    for (int i = 0; i < 4; i++)
+        CHECK(dir_account_add(d, addrs[i], NULL, "local", 0, &err) == 0);
+    CHECK(dir_account_set_state(d, "b@b.org", DIR_STATE_HELD, &err) == 0);
+    list_ctx l = {.stop_after = -1};
+    buf_init(&l.b);
+    int all = dir_account_list(d, NULL, list_cb, &l, &err) == 0 &&
+              strcmp((char *)l.b.data, "a@a.org:active;a@b.org:active;b@b.org:held;c@b.org:active;") == 0;
+    buf_reset(&l.b);
+    int one = dir_account_list(d, "B.ORG", list_cb, &l, &err) == 0 &&
+              strcmp((char *)l.b.data, "a@b.org:active;b@b.org:held;c@b.org:active;") == 0;
+    int unknown = dir_account_list(d, "c.org", list_cb, &l, &err) == -ENOENT;
+    int bad = dir_account_list(d, "../x", list_cb, &l, &err) == -EINVAL;
+    l.seen = 0;
+    l.stop_after = 2;
+    int stopped = dir_account_list(d, NULL, list_cb, &l, &err) == 42 && l.seen == 2;
+    CHECK(dir_domain_add(d, "empty.org", &err) == 0);
+    l.seen = 0;
+    int empty = dir_account_list(d, "empty.org", list_cb, &l, &err) == 0 && l.seen == 0;
+    buf_free(&l.b);
+    dir_close(d);
+    CHECK(all);
+    CHECK(one);
+    CHECK(unknown);
+    CHECK(bad);
+    CHECK(stopped);
+    CHECK(empty);
+}
+
+TEST(test_version_bumps_on_each_change)
+{
+    dir *d = open_fresh();
+    CHECK(d);
+    hv_err err;
+    uint64_t v = version_of(d);
+    CHECK(v == 0);
+#define BUMPS(call)                                                                        \
+    do {                                                                                   \
+        CHECKM((call) >= 0, "%s: %s", #call, err.msg);                                     \
+        uint64_t nv_ = version_of(d);                                                      \
+        CHECKM(nv_ == v + 1, "%s: version %llu -> %llu", #call, (unsigned long long)v,     \
+               (unsigned long long)nv_);                                                   \
+        v = nv_;                                                                           \
+    } while (0)
+#define KEEPS(call)                                                                        \
+    do {                                                                                   \
+        (void)(call);                                                                      \
+        CHECKM(version_of(d) == v, "%s changed the version", #call);                       \
+    } while (0)
+    BUMPS(dir_domain_add(d, "x.org", &err));
+    BUMPS(dir_account_add(d, "a@x.org", NULL, "local", 0, &err));
+    BUMPS(dir_account_add(d, "b@new.org", NULL, "local", 0, &err)); /* domain too: one bump */
+    BUMPS(dir_account_set_password(d, "a@x.org", "$y$x", &err));
+    BUMPS(dir_account_set_state(d, "a@x.org", DIR_STATE_HELD, &err));
+    BUMPS(dir_account_set_quota(d, "a@x.org", 10, &err));
+    BUMPS(dir_account_set_store(d, "a@x.org", "s2", 1, &err));
+    BUMPS(dir_alias_add(d, "al@x.org", "a@x.org", &err));
+    BUMPS(dir_alias_del(d, "al@x.org", &err));
+    BUMPS(dir_store_add(d, "s2", "10.0.0.2:24", DIR_ROLE_PRIMARY, &err));
+    BUMPS(dir_store_set_epoch(d, "s2", 1, &err));
+    BUMPS(dir_store_set_role(d, "s2", DIR_ROLE_REPLICA, &err));
+    BUMPS(dir_account_del(d, "b@new.org", &err));
+    BUMPS(dir_domain_del(d, "new.org", &err));
+    /* Failed changes and reads leave it alone; so do login attempts. */
+    KEEPS(dir_domain_add(d, "x.org", &err));
+    KEEPS(dir_account_add(d, "a@x.org", NULL, "local", 0, &err));
+    KEEPS(dir_account_add(d, "../a@x.org", NULL, "local", 0, &err));
+    KEEPS(dir_account_set_state(d, "zz@x.org", DIR_STATE_HELD, &err));
+    KEEPS(dir_domain_del(d, "x.org", &err));
+    KEEPS(dir_store_set_epoch(d, "s2", 1, &err));
+    KEEPS(dir_account_login_attempt(d, "a@x.org", 12345, &err));
+    dir_account a;
+    KEEPS(dir_account_get(d, "a@x.org", &a, &err));
+#undef BUMPS
+#undef KEEPS
+    dir_close(d);
+}
+
+TEST(test_two_handles_see_each_other)
+{
+    char spec[4200];
+    snprintf(spec, sizeof(spec), "sqlite:%s/directory.sqlite", t_tmpdir());
+    dir *d1 = NULL, *d2 = NULL;
+    hv_err err;
+    CHECKM(dir_open(spec, &d1, &err) == 0, "%s", err.msg);
+    if (dir_open(spec, &d2, &err) < 0) {
+        dir_close(d1);
+        CHECKM(0, "%s", err.msg);
+    }
+    int add = dir_account_add(d1, "a@x.org", NULL, "local", 0, &err) == 0;
+    dir_account a;
+    int seen = dir_account_get(d2, "a@x.org", &a, &err) == 0;
+    int set = dir_account_set_state(d2, "a@x.org", DIR_STATE_MOVING, &err) == 0;
+    int seen1 = dir_account_get(d1, "a@x.org", &a, &err) == 0 && a.state == DIR_STATE_MOVING;
+    uint64_t v1 = version_of(d1), v2 = version_of(d2);
+    dir_close(d1);
+    dir_close(d2);
+    CHECK(add);
+    CHECK(seen);
+    CHECK(set);
+    CHECK(seen1);
+    CHECK(v1 == 2 && v2 == 2);
+}
+
+/* --- aliases --- */
+
+TEST(test_aliases)
+{
+    dir *d = open_fresh();
+    CHECK(d);
+    hv_err err;
+    char out[DIR_ADDRESS_MAX + 1];
+    CHECK(dir_account_add(d, "real@x.org", NULL, "local", 0, &err) == 0);
+    CHECKM(dir_alias_add(d, "Info@Y.org", "REAL@x.org", &err) == 0, "%s", err.msg);
+    CHECK(dir_domain_exists(d, "y.org", &err) == 0); /* added with the alias */
+    CHECK(dir_alias_add(d, "sales@y.org", "info@y.org", &err) == 0);
+    CHECK(dir_alias_resolve(d, "SALES@y.org", out, &err) == 0 && strcmp(out, "real@x.org") == 0);
+    CHECK(dir_alias_resolve(d, "info@y.org", out, &err) == 0 && strcmp(out, "real@x.org") == 0);
+    CHECK(dir_alias_resolve(d, "real@x.org", out, &err) == 0 && strcmp(out, "real@x.org") == 0);
+    CHECK(dir_alias_resolve(d, "none@x.org", out, &err) == -ENOENT);
+    CHECK(dir_alias_resolve(d, "../x@y", out, &err) == -EINVAL);
+
+    /* An address is an account or an alias, never both. */
+    CHECK(dir_alias_add(d, "real@x.org", "other@x.org", &err) == -EEXIST);
+    CHECK(dir_account_add(d, "info@y.org", NULL, "local", 0, &err) == -EEXIST);
+    CHECK(strstr(err.msg, "alias") != NULL);
+    CHECK(dir_alias_add(d, "info@y.org", "other@x.org", &err) == -EEXIST);
+    CHECK(dir_alias_add(d, "me@y.org", "ME@y.org", &err) == -ELOOP);
+    CHECK(dir_alias_add(d, "x@y.org", "a/b@c", &err) == -EINVAL);
+
+    /* Dangling and looping chains end with a reason, not a hang. */
+    CHECK(dir_alias_add(d, "dangle@y.org", "gone@x.org", &err) == 0);
+    CHECK(dir_alias_resolve(d, "dangle@y.org", out, &err) == -ENOENT);
+    CHECK(strstr(err.msg, "gone@x.org") != NULL);
+    CHECK(dir_alias_add(d, "l1@y.org", "l2@y.org", &err) == 0);
+    CHECK(dir_alias_add(d, "l2@y.org", "l1@y.org", &err) == 0);
+    CHECK(dir_alias_resolve(d, "l1@y.org", out, &err) == -ELOOP);
+
+    CHECK(dir_alias_del(d, "sales@y.org", &err) == 0);
+    CHECK(dir_alias_del(d, "sales@y.org", &err) == -ENOENT);
+    CHECK(dir_alias_resolve(d, "sales@y.org", out, &err) == -ENOENT);
+    dir_close(d);
+}
+
+static int alias_collect(void *ctx, const char *address, const char *target)
+{
+    buf_printf(ctx, "%s>%s;", address, target);
+    return 0;
+}
+
+TEST(test_alias_list)
+{
+    dir *d = open_fresh();
+    CHECK(d);
+    hv_err err;
+    CHECK(dir_alias_add(d, "b@x.org", "t@x.org", &err) == 0);
+    CHECK(dir_alias_add(d, "a@x.org", "t@x.org", &err) == 0);
+    buf b;
+    buf_init(&b);
+    int rc = dir_alias_list(d, alias_collect, &b, &err);
+    int ok = rc == 0 && strcmp((char *)b.data, "a@x.org>t@x.org;b@x.org>t@x.org;") == 0;
+    buf_free(&b);
+    dir_close(d);
+    CHECK(ok);
+}
+
+/* --- stores --- */
+
+static int store_count(void *ctx, const dir_store *s)
+{
+    (void)s;
+    ++*(int *)ctx;
+    return 0;
+}
+
+TEST(test_stores)
+{
+    dir *d = open_fresh();
+    CHECK(d);
+    hv_err err;
+    dir_store s;
+    CHECKM(dir_store_add(d, "Store1", "10.0.0.1:24", DIR_ROLE_PRIMARY, &err) == 0, "%s", err.msg);
+    CHECK(dir_store_add(d, "store1", "10.0.0.9:24", DIR_ROLE_PRIMARY, &err) == -EEXIST);
+    CHECK(dir_store_add(d, "store2", "10.0.0.2:24", DIR_ROLE_REPLICA, &err) == 0);
+    CHECK(dir_store_add(d, "store3", "has space", DIR_ROLE_REPLICA, &err) == -EINVAL);
+    CHECK(dir_store_add(d, "../s", "x:1", DIR_ROLE_REPLICA, &err) == -EINVAL);
+    CHECK(dir_store_get(d, "store1", &s, &err) == 0);
+    CHECK(strcmp(s.name, "store1") == 0 && strcmp(s.address, "10.0.0.1:24") == 0);
+    CHECK(s.role == DIR_ROLE_PRIMARY && s.epoch == 0);
+    CHECK(dir_store_get(d, "nope", &s, &err) == -ENOENT);
+
+    CHECK(dir_store_set_epoch(d, "store1", 5, &err) == 0);
+    CHECK(dir_store_set_epoch(d, "store1", 5, &err) == -ESTALE);
+    CHECK(dir_store_set_epoch(d, "store1", 4, &err) == -ESTALE);
+    CHECK(strstr(err.msg, "epoch 5") != NULL);
+    CHECK(dir_store_set_epoch(d, "nope", 9, &err) == -ENOENT);
+    CHECK(dir_store_set_epoch(d, "store1", UINT64_MAX, &err) == -EINVAL);
+    CHECK(dir_store_get(d, "store1", &s, &err) == 0 && s.epoch == 5);
+
+    CHECK(dir_store_set_role(d, "store2", DIR_ROLE_PRIMARY, &err) == 0);
+    CHECK(dir_store_get(d, "store2", &s, &err) == 0 && s.role == DIR_ROLE_PRIMARY);
+    CHECK(dir_store_set_role(d, "nope", DIR_ROLE_PRIMARY, &err) == -ENOENT);
+    int n = 0;
+    CHECK(dir_store_list(d, store_count, &n, &err) == 0 && n == 2);
+    dir_close(d);
+}
+
+/* --- passwords --- */
+
+TEST(test_password_hash_verify)
+{
+    char h[PASSWORD_HASH_MAX];
+    hv_err err;
+    CHECKM(password_hash("correct horse", h, sizeof(h), &err) == 0, "%s", err.msg);
+    CHECK(strncmp(h, "$y$", 3) == 0);
+    CHECK(password_verify("correct horse", h) == 0);
+    CHECK(password_verify("correct horsE", h) == -EACCES);
+    CHECK(password_verify("correct hors", h) == -EACCES);
+    CHECK(password_verify("", h) == -EACCES);
+    CHECK(password_verify(NULL, h) == -EACCES);
+    char h2[PASSWORD_HASH_MAX];
+    CHECK(password_hash("correct horse", h2, sizeof(h2), &err) == 0);
+    CHECK(strcmp(h, h2) != 0); /* a new salt each time */
+    CHECK(password_verify("correct horse", h2) == 0);
+    /* No password, a damaged one, or one of an unknown scheme: no login. */
+    CHECK(password_verify("x", NULL) == -EACCES);
+    CHECK(password_verify("x", "") == -EACCES);
+    CHECK(password_verify("x", "*") == -EACCES);
+    CHECK(password_verify("x", "$unknown$abc") == -EACCES);
+    h[strlen(h) - 1] ^= 1;
+    CHECK(password_verify("correct horse", h) == -EACCES);
+    char small[10];
+    CHECK(password_hash("correct horse", small, sizeof(small), &err) < 0);
+}
+
+TEST(test_password_limits)
+{
+    char h[PASSWORD_HASH_MAX];
+    hv_err err;
+    CHECK(password_hash("", h, sizeof(h), &err) == -EINVAL);
+    CHECK(strstr(err.msg, "empty") != NULL);
+    CHECK(password_hash(NULL, h, sizeof(h), &err) == -EINVAL);
+    char *p1024 = repeat('p', 1024), *p1025 = repeat('p', 1025), *p600 = repeat('q', 600);
+    int ok1024 = password_hash(p1024, h, sizeof(h), &err) == 0 && password_verify(p1024, h) == 0;
+    p1024[1023] = 'x'; /* a difference past libcrypt's own limit still counts */
+    int diff1024 = password_verify(p1024, h) == -EACCES;
+    int bad1025 = password_hash(p1025, h, sizeof(h), &err) == -EINVAL &&
+                  strstr(err.msg, "1024") != NULL;
+    int no1025 = password_verify(p1025, h) == -EACCES;
+    int ok600 = password_hash(p600, h, sizeof(h), &err) == 0 && password_verify(p600, h) == 0;
+    p600[599] = 0;
+    int short599 = password_verify(p600, h) == -EACCES;
+    free(p1024), free(p1025), free(p600);
+    CHECK(ok1024);
+    CHECK(diff1024);
+    CHECK(bad1025);
+    CHECK(no1025);
+    CHECK(ok600);
+    CHECK(short599);
+    CHECK(password_check("x", &err) == 0);
+}
+
+TEST(test_password_in_directory)
+{
+    dir *d = open_fresh();
+    CHECK(d);
+    hv_err err;
+    char h[PASSWORD_HASH_MAX];
+    CHECK(password_hash("s3cret", h, sizeof(h), &err) == 0);
+    CHECK(dir_account_add(d, "p@x.org", h, "local", 0, &err) == 0);
+    dir_account a;
+    CHECK(dir_account_get(d, "P@X.ORG", &a, &err) == 0);
+    int ok = password_verify("s3cret", a.password_hash) == 0 &&
+             password_verify("S3cret", a.password_hash) == -EACCES;
+    dir_close(d);
+    CHECK(ok);
+}
+
+int main(void)
+{
+    RUN(test_address_valid);
+    RUN(test_address_traversal);
+    RUN(test_address_malformed);
+    RUN(test_address_lengths);
+    RUN(test_domain_and_store_names);
+    RUN(test_state_names);
+    RUN(test_open_specs);
+    RUN(test_open_creates_private_file_and_reopens);
+    RUN(test_open_refuses_newer_schema);
+    RUN(test_open_conf_relative_path);
+    RUN(test_domains);
+    RUN(test_domain_del_refused_while_in_use);
+    RUN(test_account_add_get);
+    RUN(test_account_changes);
+    RUN(test_account_list);
+    RUN(test_version_bumps_on_each_change);
+    RUN(test_two_handles_see_each_other);
+    RUN(test_aliases);
+    RUN(test_alias_list);
+    RUN(test_stores);
+    RUN(test_password_hash_verify);
+    RUN(test_password_limits);
+    RUN(test_password_in_directory);
+    return t_done();
+}
