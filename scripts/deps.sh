@@ -8,6 +8,7 @@ pkgs=(
   libssl-dev        # OpenSSL: TLS, SHA-256
   libsqlite3-dev    # SQLite: the single-node directory
   libcrypt-dev      # libcrypt: yescrypt password hashes
+  libevent-dev      # libevent: the event loop of the network services
   clang             # libFuzzer targets (make fuzz)
   python3           # integration tests drive the binaries from Python
 )

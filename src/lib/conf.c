@@ -31,6 +31,10 @@ const conf_key conf_keys[] = {
     {"store_segment_size", "67108864", "bytes after which an account log starts a new segment"},
     {"store_checkpoint_records", "4096", "log records after which the index is checkpointed"},
     {"store_max_message_size", "104857600", "largest message the store accepts, in bytes"},
+    {"imap_workers", "4", "worker threads running IMAP commands (disk and password work)"},
+    {"imap_max_line", "65536", "longest IMAP command line after login, in bytes (literals apart)"},
+    {"imap_max_sessions", "20000", "IMAP connections served at once by one process"},
+    {"imap_auth_fail_delay_ms", "2000", "delay before answering a failed login (grows per address)"},
     {NULL, NULL, NULL},
 };
 

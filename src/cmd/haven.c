@@ -1,0 +1,261 @@
+/*
+ * haven.c - main() of `haven`, the operator command.
+ *
+ * Parses the global options, finds the subcommand in one table, loads the
+ * instance's config for the subcommands that need one and hands over to
+ * cmd_<name>() (one file each, haven_<name>.c). The same table writes the
+ * help text, so a command cannot exist without being explained, and the
+ * commands the design promises but that are not built yet are listed as
+ * such and refuse to run instead of pretending.
+ *
+ * Exit status: 0 success, 1 failure (one-line reason on stderr), 2 usage
+ * error or a command that is not built yet.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cmd/haven_cmd.h"
+#include "cmd/version.h"
+#include "lib/conf.h"
+
+typedef int (*cmd_handler)(haven_ctx *ctx, int argc, char **argv);
+
+typedef struct haven_command {
+    const char *name;
+    int needs_config;
+    int own_help;        /* the handler answers --help itself, without a config */
+    cmd_handler handler; /* NULL: designed, not built yet */
+    const char *forms;   /* argument forms, one per line */
+    const char *help;    /* what it does; may span lines */
+} haven_command;
+
+static const haven_command commands[] = {
+    {"init", 0, 0, cmd_init,
+     "init DIR [--imap-port N] [--smtp-port N] [--submission-port N] [--lmtp-port N]\n"
+     "         [--http-port N] [--hostname H] [--imaps-port N] [--submissions-port N]",
+     "Write a ready single-node instance into DIR: haven.conf (commented), data/,\n"
+     "queue/, run/, a self-signed certificate in tls/ (for H, default localhost)\n"
+     "and the directory database. Ports default to the standard ones (143, 25,\n"
+     "587, 24, 8080; 993 and 465 for implicit TLS, which are disabled when the\n"
+     "plain port was moved and no port is given for them). Plaintext LOGIN is\n"
+     "allowed from loopback only. Refuses to overwrite an existing haven.conf."},
+    {"user", 1, 1, cmd_user,
+     "user add ADDRESS [--password-stdin] [--quota BYTES] [--store NAME]\n"
+     "user del ADDRESS\n"
+     "user list [DOMAIN]\n"
+     "user passwd ADDRESS [--password-stdin]\n"
+     "user state ADDRESS active|held|moving|restoring\n"
+     "user quota ADDRESS BYTES\n"
+     "user show ADDRESS",
+     "Manage accounts in the directory. 'add' creates the domain when it is new and\n"
+     "the account's mail folder; without --password-stdin (the first line of\n"
+     "standard input) the account has no password yet. 'passwd' asks twice on a\n"
+     "terminal. 'del' removes the entry, never the mail. Only 'active' accounts are\n"
+     "served; mail for the other states is held, never bounced. BYTES may end in\n"
+     "K, M, G or T; 0 is no quota."},
+    {"domain", 1, 1, cmd_domain,
+     "domain add DOMAIN\n"
+     "domain del DOMAIN\n"
+     "domain list",
+     "Manage the domains this instance hosts. 'del' is refused while the domain\n"
+     "still has accounts or aliases."},
+    {"import", 1, 1, cmd_import,
+     "import ACCOUNT MAILBOX FILE... [--recursive] [--skip N] [--max-size BYTES]\n"
+     "                              [--progress]",
+     "Append the messages of each FILE (an mbox file, '-' for standard input, or a\n"
+     "Maildir folder) to MAILBOX of ACCOUNT, creating the mailbox if needed. In\n"
+     "durable batches; an interrupted import says where to continue (--skip)."},
+    {"export", 1, 1, cmd_export,
+     "export ACCOUNT MAILBOX --mbox FILE|- [--progress]\n"
+     "export ACCOUNT [MAILBOX] --maildir DIR [--progress]",
+     "Write a mailbox out as mboxrd ('-': standard output), or one mailbox or the\n"
+     "whole account as a Maildir (Maildir++ for the whole account; DIR must be new\n"
+     "or empty). What export writes, import reads back into the same bytes."},
+    {"verify", 1, 0, cmd_verify,
+     "verify [ACCOUNT]",
+     "Check one account, or every account, offline: every log record's CRC, every\n"
+     "blob's SHA-256 and the index against the log. Prints each problem with its\n"
+     "place; exit status 1 when any was found."},
+    {"reconstruct", 1, 0, cmd_reconstruct,
+     "reconstruct ACCOUNT",
+     "Rebuild ACCOUNT's index from its log alone (the log is the truth; the index\n"
+     "is derived). Nothing is replicated by it."},
+    {"status", 1, 0, cmd_status,
+     "status",
+     "Ask the running havend (over run/admin.sock) how it is. When havend is not\n"
+     "running, says so, prints what can be seen offline and exits with status 1."},
+    /* Named by the design's operator contract; later issues build them. */
+    {"queue", 1, 0, NULL,
+     "queue list | show ID | hold ID | release ID | flush | delete ID",
+     "Inspect and steer the SMTP queue."},
+    {"replcheck", 1, 0, NULL, "replcheck",
+     "Compare every account's digest on its primary and replica."},
+    {"promote", 1, 0, NULL, "promote STORE",
+     "Make the replica STORE the primary (failover), bumping its epoch."},
+    {"move", 1, 0, NULL, "move ACCOUNT --to STORE",
+     "Move an account to another store while it stays in use."},
+    {"backup", 1, 0, NULL, "backup",
+     "Incremental, per-account backup of new log segments and blobs."},
+    {"restore", 1, 0, NULL, "restore",
+     "Prioritised restore of accounts from a backup."},
+};
+
+#define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
+
+static const haven_command *find_command(const char *name)
+{
+    for (size_t i = 0; i < NCOMMANDS; i++)
+        if (strcmp(commands[i].name, name) == 0)
+            return &commands[i];
+    return NULL;
+}
+
+/* Forms flush left under two spaces, the explanation indented below them. */
+static void print_command(FILE *f, const haven_command *c)
+{
+    const char *p = c->forms;
+    while (*p) {
+        size_t n = strcspn(p, "\n");
+        fprintf(f, "  %.*s\n", (int)n, p);
+        p += n + (p[n] == '\n');
+    }
+    p = c->help;
+    while (*p) {
+        size_t n = strcspn(p, "\n");
+        fprintf(f, "      %.*s\n", (int)n, p);
+        p += n + (p[n] == '\n');
+    }
+}
+
+static void usage(FILE *f)
+{
+    fputs("usage: haven [-c CONF] COMMAND [ARGS...]\n"
+          "       haven help [COMMAND] | --help | --version\n"
+          "\n"
+          "The operator command of Haven. It talks to a running havend over its admin\n"
+          "socket, or works directly on the instance's files (directory, stores).\n"
+          "\n"
+          "Global options (before COMMAND):\n"
+          "  -c CONF       the instance's config file (default: $HAVEN_CONF if set,\n"
+          "                else ./haven.conf)\n"
+          "  -h, --help    this text ('haven COMMAND --help' shows one command)\n"
+          "  --version     print the version\n"
+          "\n"
+          "Commands:\n", f);
+    for (size_t i = 0; i < NCOMMANDS; i++)
+        if (commands[i].handler)
+            print_command(f, &commands[i]);
+    fputs("\nComing later (designed, not built yet; calling them exits with status 2):\n", f);
+    for (size_t i = 0; i < NCOMMANDS; i++)
+        if (!commands[i].handler)
+            print_command(f, &commands[i]);
+    fputs("\n"
+          "Exit status: 0 success; 1 failure, with a one-line reason on stderr;\n"
+          "2 usage error, or a command that is not built yet.\n"
+          "More: docs/operations.md and docs/config.md.\n", f);
+}
+
+int cmd_fail(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("haven: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    return 1;
+}
+
+static int usage_error(const char *fmt, const char *arg)
+{
+    fputs("haven: ", stderr);
+    fprintf(stderr, fmt, arg);
+    fputs(" (see 'haven --help')\n", stderr);
+    return 2;
+}
+
+static int help_command(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stdout);
+        return 0;
+    }
+    const haven_command *c = find_command(argv[1]);
+    if (!c)
+        return usage_error("unknown command '%s'", argv[1]);
+    printf("usage: haven [-c CONF] ...\n");
+    print_command(stdout, c);
+    if (!c->handler)
+        printf("      (not built yet)\n");
+    return 0;
+}
+
+static int is_help(const char *a) { return strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0; }
+
+int main(int argc, char **argv)
+{
+    haven_ctx ctx = {0};
+    const char *env = getenv("HAVEN_CONF");
+    ctx.conf_path = env && *env ? env : "haven.conf";
+
+    int i = 1;
+    for (; i < argc && argv[i][0] == '-'; i++) {
+        const char *a = argv[i];
+        if (is_help(a)) {
+            usage(stdout);
+            return 0;
+        } else if (strcmp(a, "--version") == 0) {
+            printf("haven %s\n", HAVEN_VERSION);
+            return 0;
+        } else if (strcmp(a, "-c") == 0) {
+            if (++i >= argc)
+                return usage_error("%s needs a config file", a);
+            ctx.conf_path = argv[i];
+        } else if (strncmp(a, "-c", 2) == 0) {
+            ctx.conf_path = a + 2;
+        } else if (strcmp(a, "--") == 0) {
+            i++;
+            break;
+        } else {
+            return usage_error("unknown option '%s'", a);
+        }
+    }
+    if (i >= argc) {
+        usage(stderr);
+        return 2;
+    }
+    int sub_argc = argc - i;
+    char **sub_argv = argv + i;
+    if (strcmp(sub_argv[0], "help") == 0)
+        return help_command(sub_argc, sub_argv);
+
+    const haven_command *c = find_command(sub_argv[0]);
+    if (!c)
+        return usage_error("unknown command '%s'", sub_argv[0]);
+    /* Help must work before an instance exists, so no config is loaded. */
+    int wants_help = sub_argc > 1 && (is_help(sub_argv[1]) ||
+                                      (c->own_help && strcmp(sub_argv[1], "help") == 0));
+    if (wants_help && (!c->own_help || !c->handler))
+        return help_command(2, (char *[]){"help", sub_argv[0], NULL});
+    if (!c->handler) {
+        fprintf(stderr, "haven: '%s' is not built yet (see 'haven --help')\n", c->name);
+        return 2;
+    }
+
+    if (c->needs_config && !wants_help) {
+        hv_err err = {0};
+        if (conf_load(ctx.conf_path, &ctx.conf, &err) < 0) {
+            if (err.code == -ENOENT || err.code == -EACCES || err.code == -ENOTDIR)
+                return cmd_fail("cannot read %s: %s (run 'haven init DIR' first or pass -c)",
+                                ctx.conf_path, strerror(-err.code));
+            return cmd_fail("%s", err.msg);
+        }
+    }
+    int rc = c->handler(&ctx, sub_argc, sub_argv);
+    conf_free(ctx.conf);
+    if (fflush(stdout) != 0 && rc == 0)
+        rc = cmd_fail("cannot write to standard output");
+    return rc;
+}

@@ -1,0 +1,169 @@
+/*
+ * haven_status.c - `haven status`: how is the instance?
+ *
+ * Asks the running havend over its admin socket (RUN_DIR/admin.sock) and
+ * prints its answer. When nothing answers there, havend is not running:
+ * that is said plainly (exit 1), followed by what can be seen without it,
+ * so the command is useful exactly when something is wrong.
+ *
+ * Admin protocol (see havend_admin.c): one command per line; the reply is
+ * lines ended by a line holding a single ".", and a failed command's first
+ * line starts with "error:".
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "cmd/haven_cmd.h"
+#include "lib/buf.h"
+#include "lib/conf.h"
+#include "lib/fsutil.h"
+
+/* Long enough for a daemon that is merely busy, short enough that a hung
+ * one is reported while the operator is still looking. */
+#define STATUS_TIMEOUT_MS 10000
+
+static int admin_connect(const char *path, int *fd_out, hv_err *err)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof(sa.sun_path))
+        return hv_err_set(err, -ENAMETOOLONG, "admin socket path too long: %s", path);
+    strcpy(sa.sun_path, path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return hv_err_sys(err, "socket");
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        int rc = hv_err_sys(err, "connect %s", path);
+        close(fd);
+        return rc;
+    }
+    *fd_out = fd;
+    return 0;
+}
+
+/* Sends one command and collects the reply up to its "." line. */
+static int admin_ask(int fd, const char *cmd, buf *reply, hv_err *err)
+{
+    char line[256];
+    snprintf(line, sizeof(line), "%s\n", cmd);
+    int rc = fs_write_full(fd, line, strlen(line));
+    if (rc < 0) {
+        errno = -rc;
+        return hv_err_sys(err, "send to havend");
+    }
+    for (;;) {
+        if ((reply->len == 2 && memcmp(reply->data, ".\n", 2) == 0) ||
+            (reply->len >= 3 && memcmp(reply->data + reply->len - 3, "\n.\n", 3) == 0)) {
+            reply->len -= 2;
+            reply->data[reply->len] = 0;
+            return 0;
+        }
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        int r = poll(&p, 1, STATUS_TIMEOUT_MS);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return hv_err_sys(err, "poll");
+        if (r == 0)
+            return hv_err_set(err, -ETIMEDOUT, "havend did not answer within %d seconds",
+                              STATUS_TIMEOUT_MS / 1000);
+        buf_reserve(reply, 4096);
+        ssize_t got = read(fd, reply->data + reply->len, 4096);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0)
+            return hv_err_sys(err, "read from havend");
+        if (got == 0)
+            return hv_err_set(err, -EPROTO, "havend closed the admin connection mid-reply");
+        reply->len += (size_t)got;
+        reply->data[reply->len] = 0;
+    }
+}
+
+/* Accounts are the folders DATA/accounts/DOMAIN/LOCALPART (store.h);
+ * names starting with '.' are work in progress (temporary folders). */
+static long count_accounts(const char *data_dir)
+{
+    char top[4200];
+    snprintf(top, sizeof(top), "%s/accounts", data_dir);
+    DIR *d = opendir(top);
+    if (!d)
+        return errno == ENOENT ? 0 : -errno;
+    long n = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.')
+            continue;
+        int dfd = openat(dirfd(d), e->d_name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd < 0)
+            continue; /* a stray file, not a domain */
+        DIR *dd = fdopendir(dfd);
+        if (!dd) {
+            close(dfd);
+            continue;
+        }
+        struct dirent *a;
+        while ((a = readdir(dd))) {
+            struct stat st;
+            if (a->d_name[0] != '.' && fstatat(dfd, a->d_name, &st, 0) == 0 &&
+                S_ISDIR(st.st_mode))
+                n++;
+        }
+        closedir(dd);
+    }
+    closedir(d);
+    return n;
+}
+
+int cmd_status(haven_ctx *ctx, int argc, char **argv)
+{
+    (void)argv;
+    if (argc > 1) {
+        fprintf(stderr, "haven: status takes no arguments (see 'haven help status')\n");
+        return 2;
+    }
+    char run[4096], sock[4200];
+    conf_path(ctx->conf, "run_dir", run, sizeof(run));
+    snprintf(sock, sizeof(sock), "%s/admin.sock", run);
+
+    hv_err err = {0};
+    int fd = -1;
+    if (admin_connect(sock, &fd, &err) == 0) {
+        buf reply;
+        buf_init(&reply);
+        int rc = admin_ask(fd, "status", &reply, &err);
+        close(fd);
+        if (rc < 0) {
+            buf_free(&reply);
+            return cmd_fail("%s", err.msg);
+        }
+        fwrite(reply.data, 1, reply.len, stdout);
+        int failed = reply.len >= 6 && memcmp(reply.data, "error:", 6) == 0;
+        buf_free(&reply);
+        return failed ? cmd_fail("havend refused 'status'") : 0;
+    }
+
+    /* ENOENT: never started or stopped cleanly; ECONNREFUSED: a socket
+     * left by a havend that died. Either way nobody is there. */
+    char reason[600];
+    snprintf(reason, sizeof(reason), "%s", err.msg);
+    char data[4096];
+    conf_path(ctx->conf, "data_dir", data, sizeof(data));
+    long accounts = count_accounts(data);
+    printf("havend: not running\n");
+    printf("config: %s\n", ctx->conf_path);
+    printf("data_dir: %s\n", data);
+    if (accounts >= 0)
+        printf("accounts: %ld\n", accounts);
+    else
+        printf("accounts: unknown (%s/accounts: %s)\n", data, strerror((int)-accounts));
+    fflush(stdout);
+    return cmd_fail("havend is not running (%s)", reason);
+}
