@@ -11,7 +11,7 @@ CC      ?= cc
 OPT     ?= -O2
 CFLAGS  += -std=c17 -D_GNU_SOURCE -g $(OPT) -Wall -Wextra -Wshadow -Wstrict-prototypes \
            -Wmissing-prototypes -Wno-missing-field-initializers -Isrc
-LDLIBS  += -lssl -lcrypto -lsqlite3 -lcrypt -lpthread
+LDLIBS  += -levent_openssl -levent_pthreads -levent_core -lssl -lcrypto -lsqlite3 -lcrypt -lpthread
 SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
 LIB_SRC    := $(sort $(filter-out src/cmd/%,$(wildcard src/*/*.c)))
