@@ -20,6 +20,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "lib/crc32c.h"
 #include "lib/fsutil.h"
@@ -27,7 +31,7 @@
 #include "store/store_internal.h"
 
 #define IX_MAGIC "HAVENIDX"
-#define IX_VERSION 1
+#define IX_VERSION 2
 #define IX_HDR 104
 #define TAG(a, b, c, d) ((uint32_t)(a) | (uint32_t)(b) << 8 | (uint32_t)(c) << 16 | (uint32_t)(d) << 24)
 #define TAG_KWDS TAG('K', 'W', 'D', 'S')
@@ -111,12 +115,14 @@ void ix_init(store_index *ix)
 static void mbox_free(ix_mbox *m)
 {
     free(m->name);
-    free(m->uid);
-    free(m->flags);
-    free(m->modseq);
-    free(m->idate);
-    free(m->size);
-    free(m->blob);
+    if (!m->mapped) {
+        free(m->uid);
+        free(m->flags);
+        free(m->modseq);
+        free(m->idate);
+        free(m->size);
+        free(m->blob);
+    }
     free(m);
 }
 
@@ -135,6 +141,8 @@ void ix_free(store_index *ix)
         free(ix->settings[i].val);
     }
     free(ix->settings);
+    if (ix->map)
+        munmap(ix->map, ix->maplen);
     ix_init(ix);
 }
 
@@ -193,6 +201,30 @@ static void mbox_reserve(ix_mbox *m, uint32_t want)
     uint32_t cap = m->cap ? m->cap : 16;
     while (cap < want)
         cap = cap < (1u << 30) ? cap * 2 : want;
+    if (m->mapped) {
+        /* The arrays live in the checkpoint's mapping: growing them means
+         * taking a private copy first. */
+        uint32_t *uid = malloc(cap * sizeof(*uid));
+        uint64_t *flags = malloc(cap * sizeof(*flags)), *modseq = malloc(cap * sizeof(*modseq));
+        int64_t *idate = malloc(cap * sizeof(*idate));
+        uint64_t *size = malloc(cap * sizeof(*size));
+        store_blob_id *blob = malloc(cap * sizeof(*blob));
+        if (!uid || !flags || !modseq || !idate || !size || !blob)
+            abort();
+        if (m->n) {
+            memcpy(uid, m->uid, m->n * sizeof(*uid));
+            memcpy(flags, m->flags, m->n * sizeof(*flags));
+            memcpy(modseq, m->modseq, m->n * sizeof(*modseq));
+            memcpy(idate, m->idate, m->n * sizeof(*idate));
+            memcpy(size, m->size, m->n * sizeof(*size));
+            memcpy(blob, m->blob, m->n * sizeof(*blob));
+        }
+        m->uid = uid, m->flags = flags, m->modseq = modseq, m->idate = idate;
+        m->size = size, m->blob = blob;
+        m->mapped = 0;
+        m->cap = cap;
+        return;
+    }
     m->uid = realloc(m->uid, cap * sizeof(*m->uid));
     m->flags = realloc(m->flags, cap * sizeof(*m->flags));
     m->modseq = realloc(m->modseq, cap * sizeof(*m->modseq));
@@ -497,12 +529,16 @@ int ix_save(const store_index *ix, const char *path, hv_err *err)
         buf_put_u64(&b, m->total_size);
         buf_put_u32(&b, m->n);
         put_str16(&b, m->name);
-        buf_append(&b, m->uid, (size_t)m->n * 4);
+        /* Arrays start on an 8-byte boundary of the file, so a reader can
+         * use them in place from a mapping; 8-byte items first. */
+        while (b.len % 8)
+            buf_put_u8(&b, 0);
         buf_append(&b, m->flags, (size_t)m->n * 8);
         buf_append(&b, m->modseq, (size_t)m->n * 8);
         buf_append(&b, m->idate, (size_t)m->n * 8);
         buf_append(&b, m->size, (size_t)m->n * 8);
         buf_append(&b, m->blob, (size_t)m->n * 32);
+        buf_append(&b, m->uid, (size_t)m->n * 4);
         section_end(&b, s);
     }
     buf_put_u32(&b, TAG_END);
@@ -530,18 +566,24 @@ static int load_mbox(store_index *ix, rd *r)
     m->total_size = rd_u64(r);
     uint32_t n = rd_u32(r);
     m->name = get_str16(r);
-    if (!r->ok || !m->name || (uint64_t)n * 68 != r->left) {
+    size_t pad = (size_t)((8 - ((uintptr_t)r->p & 7)) & 7);
+    if (!r->ok || !m->name || r->left < pad || (uint64_t)n * 68 != r->left - pad) {
         mbox_free(m);
         return -1;
     }
-    mbox_reserve(m, n);
-    m->n = n;
-    memcpy(m->uid, rd_bytes(r, (size_t)n * 4), (size_t)n * 4);
-    memcpy(m->flags, rd_bytes(r, (size_t)n * 8), (size_t)n * 8);
-    memcpy(m->modseq, rd_bytes(r, (size_t)n * 8), (size_t)n * 8);
-    memcpy(m->idate, rd_bytes(r, (size_t)n * 8), (size_t)n * 8);
-    memcpy(m->size, rd_bytes(r, (size_t)n * 8), (size_t)n * 8);
-    memcpy(m->blob, rd_bytes(r, (size_t)n * 32), (size_t)n * 32);
+    rd_bytes(r, pad);
+    if (n) {
+        /* In place: the mapping is private, so changes copy pages on
+         * write and never reach the file. */
+        m->flags = (uint64_t *)rd_bytes(r, (size_t)n * 8);
+        m->modseq = (uint64_t *)rd_bytes(r, (size_t)n * 8);
+        m->idate = (int64_t *)rd_bytes(r, (size_t)n * 8);
+        m->size = (uint64_t *)rd_bytes(r, (size_t)n * 8);
+        m->blob = (store_blob_id *)rd_bytes(r, (size_t)n * 32);
+        m->uid = (uint32_t *)rd_bytes(r, (size_t)n * 4);
+        m->n = m->cap = n;
+        m->mapped = 1;
+    }
     ix->mb = realloc(ix->mb, (ix->nmb + 1) * sizeof(ix_mbox *));
     ix->mb[ix->nmb++] = m;
     return 0;
@@ -549,21 +591,40 @@ static int load_mbox(store_index *ix, rd *r)
 
 int ix_load(store_index *ix, const char *path, hv_err *err)
 {
-    char *data;
-    size_t len;
     ix_init(ix);
-    int rc = fs_read_file(path, &data, &len, err);
-    if (rc < 0)
+    /* Mapped, not read: a warm open then costs no fresh memory, and the
+     * arrays are used where they lie (see load_mbox). A checkpoint is only
+     * ever replaced by rename, never rewritten, so the mapping stays valid. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT ? hv_err_set(err, -ENOENT, "index %s: missing", path)
+                               : hv_err_sys(err, "open %s", path);
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        int rc = hv_err_sys(err, "stat %s", path);
+        close(fd);
         return rc;
-    const uint8_t *p = (const uint8_t *)data;
-    if (len < IX_HDR + 8 || memcmp(p, IX_MAGIC, 8) != 0 || le32(p + 8) != IX_VERSION) {
-        free(data);
+    }
+    size_t len = (size_t)st.st_size;
+    if (len < IX_HDR + 8) {
+        close(fd);
         return hv_err_set(err, -EUCLEAN, "index %s: not a Haven index checkpoint", path);
     }
+    void *map = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_POPULATE, fd, 0);
+    close(fd);
+    if (map == MAP_FAILED)
+        return hv_err_sys(err, "mmap %s", path);
+    const uint8_t *p = map;
+    if (memcmp(p, IX_MAGIC, 8) != 0 || le32(p + 8) != IX_VERSION) {
+        munmap(map, len);
+        return hv_err_set(err, -EUCLEAN, "index %s: not a Haven index checkpoint (version)", path);
+    }
     if (crc32c(0, p, len - 4) != le32(p + len - 4) || le32(p + len - 8) != TAG_END) {
-        free(data);
+        munmap(map, len);
         return hv_err_set(err, -EUCLEAN, "index %s: checksum mismatch", path);
     }
+    ix->map = map;
+    ix->maplen = len;
     rd r;
     rd_init(&r, p + 16, IX_HDR - 16);
     ix->modseq = rd_u64(&r);
@@ -637,7 +698,6 @@ int ix_load(store_index *ix, const char *path, hv_err *err)
             break; /* a later version's section: skip it */
         }
     }
-    free(data);
     if (!ok) {
         ix_free(ix);
         return hv_err_set(err, -EUCLEAN, "index %s: malformed section", path);

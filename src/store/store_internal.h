@@ -89,6 +89,7 @@ typedef struct ix_mbox {
     uint32_t uidvalidity, uidnext, special_use;
     uint64_t highestmodseq, total_size;
     uint32_t n, cap;
+    int mapped; /* arrays point into the checkpoint's mapping */
     uint32_t *uid;
     uint64_t *flags;
     uint64_t *modseq;
@@ -117,6 +118,8 @@ typedef struct store_index {
     /* Log position just after the last applied record, and that record. */
     uint64_t seg, off;
     uint64_t last_seg, last_off;
+    void *map; /* the checkpoint the arrays may point into */
+    size_t maplen;
 } store_index;
 
 void ix_init(store_index *ix);
