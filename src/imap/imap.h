@@ -9,7 +9,7 @@
  *
  * SECURITY: everything read from a client is untrusted. Commands are parsed
  * by the bounded parser (imap_parser.c) with tighter limits before login;
- * messages by the bounded MIME parser (mime.c). A failing session ends
+ * messages by the bounded MIME parser (mime_*.c). A failing session ends
  * that session, never the process.
  */
 #ifndef HV_IMAP_H

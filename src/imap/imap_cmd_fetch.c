@@ -45,6 +45,7 @@ typedef struct fetch_state {
     size_t nuids, pos;
     uint64_t changedsince;
     int need_blob, need_mime, sets_seen;
+    int unknown_cte; /* a BINARY item met an encoding we cannot undo */
 } fetch_state;
 
 static void fetch_free(fetch_state *f)
@@ -310,6 +311,7 @@ static int fetch_one(imap_session *s, fetch_state *f, uint32_t uid)
             }
             if (rc == -EILSEQ) {
                 imap_out(s, "%s NIL", it->key);
+                f->unknown_cte = 1;
             } else if (it->kind == F_BINARY_SIZE) {
                 imap_out(s, "%s %zu", it->key, n);
             } else if (it->origin >= 0) {
@@ -344,8 +346,12 @@ static void fetch_continue(imap_session *s)
     }
     s->cont = NULL;
     s->cont_state = NULL;
+    int cte = f->unknown_cte;
     fetch_free(f);
-    imap_tagged(s, "OK", "FETCH completed");
+    if (cte)
+        imap_tagged(s, "NO", "[UNKNOWN-CTE] a part has a transfer encoding we cannot decode");
+    else
+        imap_tagged(s, "OK", "FETCH completed");
 }
 
 void imap_cmd_fetch(imap_session *s, const imap_command *c)

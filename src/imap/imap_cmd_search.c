@@ -411,13 +411,12 @@ static int eval(imap_session *s, const snode *n, smsg *m)
             return 0;
         buf v;
         buf_init(&v);
-        mime_body_text(m->mp, m->data, &v);
+        /* BODY: the decoded text parts; TEXT: the header as well. */
+        if (n->op == S_BODY)
+            mime_text_parts(m->mp, m->data, &v);
+        else
+            mime_body_text(m->mp, m->data, &v);
         int r = contains((const char *)v.data, v.len, n->str);
-        if (!r && n->op == S_TEXT) {
-            /* TEXT covers the header too. */
-            const char *end = m->len ? memmem(m->data, m->len, "\r\n\r\n", 4) : NULL;
-            r = contains(m->data, end ? (size_t)(end - m->data) : m->len, n->str);
-        }
         buf_free(&v);
         return r;
     }
