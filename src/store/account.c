@@ -46,7 +46,66 @@ struct store_account {
     uint32_t since_ckpt;  /* records applied since the last checkpoint */
     buf wbuf;             /* records being written */
     buf scratch;          /* decoded ranges */
+    /* Inline appends replayed since the checkpoint we started from: where
+     * each body is in the log, for reads until its blob file is written
+     * out and synced (at the next checkpoint). Open addressing on the id. */
+    struct inline_ref {
+        store_blob_id id;
+        uint64_t seg, off;
+        uint32_t len; /* frame length; 0 = empty slot */
+    } *inl;
+    size_t inl_n, inl_cap;
 };
+
+static uint64_t inl_hash(const store_blob_id *id)
+{
+    uint64_t h;
+    memcpy(&h, id->b, 8);
+    return h;
+}
+
+static void inl_put(store_account *a, const store_blob_id *id, uint64_t seg, uint64_t off,
+                    uint32_t len)
+{
+    if ((a->inl_n + 1) * 2 > a->inl_cap) {
+        size_t cap = a->inl_cap ? a->inl_cap * 2 : 64;
+        struct inline_ref *old = a->inl;
+        size_t oldcap = a->inl_cap;
+        a->inl = calloc(cap, sizeof(*a->inl));
+        a->inl_cap = cap;
+        a->inl_n = 0;
+        for (size_t i = 0; i < oldcap; i++)
+            if (old[i].len)
+                inl_put(a, &old[i].id, old[i].seg, old[i].off, old[i].len);
+        free(old);
+    }
+    size_t i = inl_hash(id) & (a->inl_cap - 1);
+    while (a->inl[i].len && memcmp(a->inl[i].id.b, id->b, 32) != 0)
+        i = (i + 1) & (a->inl_cap - 1);
+    if (!a->inl[i].len)
+        a->inl_n++;
+    a->inl[i] = (struct inline_ref){*id, seg, off, len};
+}
+
+static const struct inline_ref *inl_get(const store_account *a, const store_blob_id *id)
+{
+    if (!a->inl_cap)
+        return NULL;
+    size_t i = inl_hash(id) & (a->inl_cap - 1);
+    while (a->inl[i].len) {
+        if (memcmp(a->inl[i].id.b, id->b, 32) == 0)
+            return &a->inl[i];
+        i = (i + 1) & (a->inl_cap - 1);
+    }
+    return NULL;
+}
+
+static void inl_clear(store_account *a)
+{
+    free(a->inl);
+    a->inl = NULL;
+    a->inl_n = a->inl_cap = 0;
+}
 
 struct store_batch {
     store_account *a;
@@ -149,6 +208,8 @@ static int replay(store_account *a, hv_err *err)
                            (unsigned long long)(lr.off - n), why);
                 break;
             }
+            if (rec.type == STORE_REC_APPEND && rec.body)
+                inl_put(a, &rec.blob, a->ix.seg, lr.off - n, (uint32_t)n);
             a->ix.last_seg = a->ix.seg;
             a->ix.last_off = lr.off - n;
             a->ix.off = lr.off;
@@ -260,6 +321,7 @@ static int ckpt_matches_log(store_account *a, const seg_list *segs)
 static void start_empty(store_account *a, uint64_t first_seg)
 {
     ix_free(&a->ix);
+    inl_clear(a);
     a->ix.seg = first_seg;
     a->ix.off = SEG_HDR;
     a->ix.last_seg = first_seg;
@@ -306,18 +368,22 @@ static int create_layout(const char *dir, hv_err *err)
     return rc;
 }
 
-static void clean_tmp(store_account *a)
+/* Removes temp files of writers that died: files in sub whose name is
+ * prefix followed by the writer's pid. Only a writer holding the lock may
+ * do this, and only for pids that are gone. */
+static void clean_tmp_in(store_account *a, const char *sub, const char *prefix)
 {
-    /* Temp blobs of writers that died; ours are named by pid. Only a writer
-     * holding the lock may do this, and only for pids that are gone. */
     char p[4200];
-    snprintf(p, sizeof(p), "%s/blobs/tmp", a->dir);
+    snprintf(p, sizeof(p), "%s/%s", a->dir, sub);
     DIR *d = opendir(p);
     if (!d)
         return;
+    size_t plen = strlen(prefix);
     struct dirent *e;
     while ((e = readdir(d))) {
-        int pid = atoi(e->d_name);
+        if (strncmp(e->d_name, prefix, plen) != 0)
+            continue;
+        int pid = atoi(e->d_name + plen);
         if (pid <= 0 || (kill(pid, 0) == 0 || errno != ESRCH))
             continue;
         char f[4600];
@@ -325,6 +391,12 @@ static void clean_tmp(store_account *a)
         unlink(f);
     }
     closedir(d);
+}
+
+static void clean_tmp(store_account *a)
+{
+    clean_tmp_in(a, "blobs/tmp", "");            /* blob.c: PID.XXXXXX */
+    clean_tmp_in(a, "index", "index.ckpt.tmp."); /* fs_write_file_atomic: PATH.tmp.PID */
 }
 
 int store_checkpoint(store_account *a, hv_err *err);
@@ -442,6 +514,7 @@ void store_close(store_account *a)
     if (a->lock_fd >= 0)
         close(a->lock_fd);
     ix_free(&a->ix);
+    inl_clear(a);
     buf_free(&a->wbuf);
     buf_free(&a->scratch);
     free(a->dir);
@@ -523,12 +596,81 @@ static int write_one(store_account *a, store_record *r, hv_err *err)
     return wr_commit(a, &a->wbuf, 1, err);
 }
 
+/* Reads the body of the inline append whose frame is at seg/off. */
+static int inl_read(store_account *a, const struct inline_ref *r, char **out, size_t *len,
+                    hv_err *err)
+{
+    char path[4200];
+    log_seg_path(a->logdir, r->seg, path, sizeof(path));
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return hv_err_sys(err, "account %s: open %s", a->name, path);
+    struct stat st;
+    fstat(fd, &st);
+    log_reader lr;
+    log_reader_init(&lr, fd, r->seg, r->off, (uint64_t)st.st_size);
+    const uint8_t *f;
+    size_t n;
+    store_record rec;
+    int rc = hv_err_set(err, -EUCLEAN, "account %s: inline body at segment %llu offset %llu "
+                                       "is unreadable", a->name, (unsigned long long)r->seg,
+                        (unsigned long long)r->off);
+    if (log_reader_next(&lr, &f, &n) == LOG_FRAME &&
+        rec_decode(f + REC_FRAME_HDR, n - REC_FRAME_HDR, &rec, &a->scratch) == 0 && rec.body &&
+        memcmp(rec.blob.b, r->id.b, 32) == 0) {
+        *out = malloc(rec.size + 1);
+        memcpy(*out, rec.body, (size_t)rec.size);
+        (*out)[rec.size] = 0;
+        *len = (size_t)rec.size;
+        rc = 0;
+    }
+    log_reader_free(&lr);
+    close(fd);
+    return rc;
+}
+
+/* Before a checkpoint says "everything up to here is in the index", the
+ * blob files of inline appends up to here must exist and be durable: write
+ * out the missing ones, then one syncfs for all. */
+static int inl_spill(store_account *a, hv_err *err)
+{
+    if (!a->inl_n)
+        return 0;
+    for (size_t i = 0; i < a->inl_cap; i++) {
+        const struct inline_ref *r = &a->inl[i];
+        if (!r->len)
+            continue;
+        char path[4200];
+        struct stat st;
+        blob_path(a->dir, &r->id, path, sizeof(path));
+        char *body;
+        size_t len;
+        if (inl_read(a, r, &body, &len, err) < 0)
+            return err ? err->code : -EUCLEAN;
+        int rc = 0;
+        if (stat(path, &st) < 0 || (uint64_t)st.st_size != len)
+            rc = blob_put(a->dir, &r->id, body, len, err);
+        free(body);
+        if (rc < 0)
+            return rc;
+    }
+    int rc = 0;
+    int dfd = open(a->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0 || syncfs(dfd) < 0)
+        rc = hv_err_sys(err, "account %s: sync blobs", a->name);
+    if (dfd >= 0)
+        close(dfd);
+    return rc;
+}
+
 int store_checkpoint(store_account *a, hv_err *err)
 {
     int rc = wr_begin(a, err);
     if (rc < 0)
         return rc;
-    rc = ix_save(&a->ix, a->ckpt_path, err);
+    rc = inl_spill(a, err);
+    if (rc == 0)
+        rc = ix_save(&a->ix, a->ckpt_path, err);
     if (rc == 0) {
         store_record r;
         rec_base(a, &r, STORE_REC_CHECKPOINT, 0, 0);
@@ -539,6 +681,7 @@ int store_checkpoint(store_account *a, hv_err *err)
          * loses nothing but the marker. */
         rc = wr_commit(a, &a->wbuf, 0, err);
         a->since_ckpt = 0;
+        inl_clear(a);
     }
     lock_drop(a);
     return rc;
@@ -681,6 +824,37 @@ int store_mailbox_delete(store_account *a, uint32_t id, hv_err *err)
 int store_append(store_account *a, uint32_t mailbox, const void *data, size_t len,
                  uint64_t flags, int64_t internal_date, uint32_t *uid_out, hv_err *err)
 {
+    if (len <= STORE_INLINE_MAX && len <= a->opt.max_message_size) {
+        /* The body travels in the record: one write, one fdatasync. The
+         * blob file is written unsynced so readers find it at once; it is
+         * synced before the next checkpoint (inl_spill). */
+        store_record r;
+        store_blob_id id;
+        sha256(data, len, id.b);
+        int rc = wr_begin(a, err);
+        if (rc < 0)
+            return rc;
+        const ix_mbox *m = ix_mbox_by_id(&a->ix, mailbox);
+        if (!m)
+            return wr_end(a, hv_err_set(err, -ENOENT, "no such mailbox (id %u)", mailbox), err);
+        if (m->uidnext == UINT32_MAX)
+            return wr_end(a, hv_err_set(err, -EOVERFLOW, "mailbox %s has used every uid", m->name),
+                          err);
+        rc = blob_put(a->dir, &id, data, len, err);
+        if (rc == 0) {
+            rec_base(a, &r, STORE_REC_APPEND, mailbox, 0);
+            r.uid = m->uidnext;
+            r.flags = flags;
+            r.internal_date = internal_date;
+            r.size = len;
+            r.blob = id;
+            r.body = data;
+            rc = write_one(a, &r, err);
+            if (rc == 0 && uid_out)
+                *uid_out = r.uid;
+        }
+        return wr_end(a, rc, err);
+    }
     store_batch *b;
     int rc = store_batch_begin(a, &b, err);
     if (rc < 0)
@@ -1165,10 +1339,14 @@ int store_changes_since(store_account *a, uint64_t since, store_record_cb cb, vo
         log_reader_init(&lr, fd, segs.no[i], SEG_HDR, end);
         const uint8_t *f;
         size_t n;
-        while (rc == 0 && log_reader_next(&lr, &f, &n) == LOG_FRAME) {
+        enum log_next nx = LOG_END;
+        while (rc == 0 && (nx = log_reader_next(&lr, &f, &n)) == LOG_FRAME) {
             store_record r;
-            if (rec_decode(f + REC_FRAME_HDR, n - REC_FRAME_HDR, &r, &scratch) < 0)
-                continue;
+            if (rec_decode(f + REC_FRAME_HDR, n - REC_FRAME_HDR, &r, &scratch) < 0) {
+                nx = LOG_BAD;
+                lr.off -= n;
+                break;
+            }
             if (r.modseq <= since || r.type == STORE_REC_CHECKPOINT)
                 continue;
             r.raw = f;
@@ -1178,6 +1356,15 @@ int store_changes_since(store_account *a, uint64_t since, store_record_cb cb, vo
             if (cb(ctx, &r))
                 rc = 1;
         }
+        /* Everything before our position was committed, so a bad frame
+         * here is damage (from before the checkpoint, which open does not
+         * read). Skipping it would ship a log with a hole in it. */
+        if (rc == 0 && nx == LOG_BAD)
+            rc = hv_err_set(err, damaged(a, segs.no[i], lr.off, "invalid record"),
+                            "account %s is damaged: log segment %llu offset %llu: invalid "
+                            "record (CRC, length or content)",
+                            a->name, (unsigned long long)segs.no[i],
+                            (unsigned long long)lr.off);
         log_reader_free(&lr);
         close(fd);
     }
@@ -1192,6 +1379,17 @@ int store_blob_open(store_account *a, const store_blob_id *id, int *fd_out, uint
     char path[4200];
     blob_path(a->dir, id, path, sizeof(path));
     int fd = open(path, O_RDONLY | O_CLOEXEC);
+    const struct inline_ref *r;
+    if (fd < 0 && errno == ENOENT && (r = inl_get(a, id))) {
+        /* Not written out yet: do it now from the log. */
+        char *body;
+        size_t len;
+        if (inl_read(a, r, &body, &len, err) < 0)
+            return err ? err->code : -EUCLEAN;
+        blob_put(a->dir, id, body, len, NULL);
+        free(body);
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+    }
     if (fd < 0)
         return hv_err_sys(err, "account %s: blob %s", a->name, path);
     struct stat st;
@@ -1205,25 +1403,67 @@ int store_blob_open(store_account *a, const store_blob_id *id, int *fd_out, uint
     return 0;
 }
 
+/* The body of an inline append anywhere in the log: the slow path for a
+ * blob file that a crash left short or wrong after its checkpoint. */
+static int inl_search(store_account *a, const store_blob_id *id, char **out, size_t *len)
+{
+    seg_list segs;
+    if (log_list_segments(a->logdir, &segs, NULL) < 0)
+        return -ENOENT;
+    int found = -ENOENT;
+    for (size_t i = 0; i < segs.n && found < 0; i++) {
+        char path[4200];
+        log_seg_path(a->logdir, segs.no[i], path, sizeof(path));
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            continue;
+        struct stat st;
+        fstat(fd, &st);
+        log_reader lr;
+        log_reader_init(&lr, fd, segs.no[i], SEG_HDR, (uint64_t)st.st_size);
+        const uint8_t *f;
+        size_t n;
+        while (found < 0 && log_reader_next(&lr, &f, &n) == LOG_FRAME) {
+            struct inline_ref r = {*id, segs.no[i], lr.off - n, (uint32_t)n};
+            if (f[REC_FRAME_HDR] == STORE_REC_APPEND_INLINE &&
+                memcmp(f + REC_FRAME_HDR + REC_BODY_HDR + 28, id->b, 32) == 0)
+                found = inl_read(a, &r, out, len, NULL);
+        }
+        log_reader_free(&lr);
+        close(fd);
+    }
+    free(segs.no);
+    return found;
+}
+
 int store_blob_read(store_account *a, const store_blob_id *id, char **out, size_t *len,
                     hv_err *err)
 {
     char path[4200];
     blob_path(a->dir, id, path, sizeof(path));
-    int rc = fs_read_file(path, out, len, err);
-    if (rc < 0)
-        return rc;
-    uint8_t got[32];
-    sha256(*out, *len, got);
-    if (memcmp(got, id->b, 32) != 0) {
+    hv_err ferr = {0};
+    int rc = fs_read_file(path, out, len, &ferr);
+    if (rc == 0) {
+        uint8_t got[32];
+        sha256(*out, *len, got);
+        if (memcmp(got, id->b, 32) == 0)
+            return 0;
         free(*out);
         *out = NULL;
-        log_error("store: account=%s damaged blob=%s reason=\"content does not match its "
-                  "SHA-256\"",
-                  a->name, path);
-        return hv_err_set(err, -EUCLEAN, "account %s: blob %s is damaged", a->name, path);
     }
-    return 0;
+    /* Missing or wrong: an inline append may hold the body in the log. */
+    const struct inline_ref *r = inl_get(a, id);
+    if ((r && inl_read(a, r, out, len, NULL) == 0) || inl_search(a, id, out, len) == 0) {
+        if (rc == 0) /* the file was there but wrong: mend it */
+            blob_put(a->dir, id, *out, *len, NULL);
+        return 0;
+    }
+    if (rc < 0)
+        return hv_err_set(err, rc, "account %s: %s", a->name, ferr.msg);
+    log_error("store: account=%s damaged blob=%s reason=\"content does not match its "
+              "SHA-256\"",
+              a->name, path);
+    return hv_err_set(err, -EUCLEAN, "account %s: blob %s is damaged", a->name, path);
 }
 
 void store_digest(store_account *a, uint8_t out[32])

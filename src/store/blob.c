@@ -109,3 +109,28 @@ int blob_check(const char *acct_dir, const store_blob_id *id, uint64_t size, hv_
                           (unsigned long long)total, (unsigned long long)size);
     return 0;
 }
+
+int blob_put(const char *acct_dir, const store_blob_id *id, const void *data, size_t len,
+             hv_err *err)
+{
+    char path[4096], tmp[4096];
+    blob_path(acct_dir, id, path, sizeof(path));
+    snprintf(tmp, sizeof(tmp), "%s/blobs/tmp/%d.XXXXXX", acct_dir, (int)getpid());
+    int fd = mkostemp(tmp, O_CLOEXEC);
+    if (fd < 0)
+        return hv_err_sys(err, "create blob temp file in %s/blobs/tmp", acct_dir);
+    int rc = fs_write_full(fd, data, len);
+    close(fd);
+    if (rc < 0) {
+        errno = -rc;
+        rc = hv_err_sys(err, "write blob %s", tmp);
+        unlink(tmp);
+        return rc;
+    }
+    if (rename(tmp, path) < 0) {
+        rc = hv_err_sys(err, "rename blob into %s", path);
+        unlink(tmp);
+        return rc;
+    }
+    return 0;
+}

@@ -38,7 +38,8 @@ void rec_encode(buf *out, const store_record *r)
     size_t start = out->len;
     buf_put_u32(out, 0); /* length, patched below */
     buf_put_u32(out, 0); /* crc */
-    buf_put_u8(out, (uint8_t)r->type);
+    int inline_body = r->type == STORE_REC_APPEND && r->body;
+    buf_put_u8(out, (uint8_t)(inline_body ? STORE_REC_APPEND_INLINE : r->type));
     buf_put_u8(out, REC_VERSION);
     buf_put_u16(out, 0);
     buf_put_u32(out, r->mailbox);
@@ -56,11 +57,14 @@ void rec_encode(buf *out, const store_record *r)
     case STORE_REC_MAILBOX_DELETE:
         break;
     case STORE_REC_APPEND:
+    case STORE_REC_APPEND_INLINE:
         buf_put_u32(out, r->uid);
         buf_put_u64(out, r->flags);
         buf_put_u64(out, (uint64_t)r->internal_date);
         buf_put_u64(out, r->size);
         buf_append(out, r->blob.b, 32);
+        if (inline_body)
+            buf_append(out, r->body, (size_t)r->size);
         break;
     case STORE_REC_FLAGS:
         buf_put_u8(out, (uint8_t)r->mode);
@@ -147,7 +151,8 @@ int rec_decode(const uint8_t *body, size_t len, store_record *out, buf *scratch)
     case STORE_REC_MAILBOX_DELETE:
     case STORE_REC_CHECKPOINT:
         break;
-    case STORE_REC_APPEND: {
+    case STORE_REC_APPEND:
+    case STORE_REC_APPEND_INLINE: {
         out->uid = rd_u32(&r);
         out->flags = rd_u64(&r);
         out->internal_date = (int64_t)rd_u64(&r);
@@ -155,6 +160,11 @@ int rec_decode(const uint8_t *body, size_t len, store_record *out, buf *scratch)
         const uint8_t *b = rd_bytes(&r, 32);
         if (b)
             memcpy(out->blob.b, b, 32);
+        if (out->type == STORE_REC_APPEND_INLINE) {
+            out->body = out->size <= REC_MAX_BODY ? rd_bytes(&r, (size_t)out->size) : NULL;
+            bad = out->body == NULL;
+            out->type = STORE_REC_APPEND;
+        }
         break;
     }
     case STORE_REC_FLAGS:
@@ -195,5 +205,5 @@ const char *rec_type_name(int type)
     static const char *names[] = {"?", "mailbox-create", "mailbox-rename", "mailbox-delete",
                                   "append", "flags", "expunge", "subscribe", "setting",
                                   "keyword", "checkpoint"};
-    return type >= 1 && type <= 10 ? names[type] : "unknown";
+    return type >= 1 && type <= 10 ? names[type] : type == 11 ? "append" : "unknown";
 }

@@ -159,18 +159,21 @@ enum log_next log_reader_next(log_reader *lr, const uint8_t **frame, size_t *len
 int log_find_valid_after(int fd, uint64_t off, uint64_t size, uint64_t *found_off)
 {
     /* Slow on purpose and only on the error path: try every offset. A frame
-     * whose length and CRC both check out by chance is vanishingly rare. */
+     * whose length and CRC both check out by chance is vanishingly rare.
+     * One reader serves every try, so the file is read in chunks once, not
+     * once per offset (which made a torn tail cost its size squared). */
     log_reader lr;
-    for (uint64_t o = off + 1; o + REC_FRAME_HDR + REC_BODY_HDR <= size; o++) {
-        log_reader_init(&lr, fd, 0, o, size);
+    log_reader_init(&lr, fd, 0, off + 1, size);
+    int found = 0;
+    for (uint64_t o = off + 1; !found && o + REC_FRAME_HDR + REC_BODY_HDR <= size; o++) {
         const uint8_t *f;
         size_t n;
-        enum log_next r = log_reader_next(&lr, &f, &n);
-        log_reader_free(&lr);
-        if (r == LOG_FRAME) {
+        lr.off = o;
+        if (log_reader_next(&lr, &f, &n) == LOG_FRAME) {
             *found_off = o;
-            return 1;
+            found = 1;
         }
     }
-    return 0;
+    log_reader_free(&lr);
+    return found;
 }

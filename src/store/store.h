@@ -68,6 +68,9 @@ enum store_rec_type {
     STORE_REC_SETTING = 8,
     STORE_REC_KEYWORD = 9,
     STORE_REC_CHECKPOINT = 10,
+    /* On disk only: an APPEND that carries the message body itself (see
+     * store_append). Decoded as STORE_REC_APPEND with body set. */
+    STORE_REC_APPEND_INLINE = 11,
 };
 
 typedef struct store_blob_id {
@@ -112,6 +115,7 @@ typedef struct store_record {
     int64_t internal_date;   /* APPEND */
     uint64_t size;           /* APPEND */
     store_blob_id blob;      /* APPEND */
+    const uint8_t *body;     /* APPEND: the body (size bytes) when it travels in the record */
     uint32_t uidvalidity;    /* MAILBOX_CREATE */
     uint32_t special_use;    /* MAILBOX_CREATE */
     uint32_t keyword_bit;    /* KEYWORD */
@@ -167,7 +171,13 @@ int store_mailbox_rename(store_account *a, uint32_t id, const char *new_name, hv
 int store_mailbox_delete(store_account *a, uint32_t id, hv_err *err);
 
 /* --- messages --- */
-/* Stores the body (once per account) and appends it to a mailbox. */
+/* Stores the body (once per account) and appends it to a mailbox.
+ * A message of up to STORE_INLINE_MAX bytes travels inside its log record,
+ * so one fdatasync makes it durable; its blob file is written out unsynced
+ * and made durable (syncfs) before the next index checkpoint, and until
+ * then reads fall back to the copy in the log. Larger ones: blob synced,
+ * then record. */
+#define STORE_INLINE_MAX (128u << 10)
 int store_append(store_account *a, uint32_t mailbox, const void *data, size_t len,
                  uint64_t flags, int64_t internal_date, uint32_t *uid_out, hv_err *err);
 

@@ -79,6 +79,10 @@ void blob_path(const char *acct_dir, const store_blob_id *id, char *out, size_t 
  * durable on return; without, the caller syncs later (batches). */
 int blob_write(const char *acct_dir, const void *data, size_t len, store_blob_id *id_out,
                int sync, hv_err *err);
+/* Writes (or rewrites) a blob file without syncing: for bodies whose
+ * durable copy is in the log (inline appends). */
+int blob_put(const char *acct_dir, const store_blob_id *id, const void *data, size_t len,
+             hv_err *err);
 /* Hashes the blob file and compares with its name and expected size. */
 int blob_check(const char *acct_dir, const store_blob_id *id, uint64_t size, hv_err *err);
 

@@ -17,12 +17,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "lib/sha256.h"
 #include "store/store_internal.h"
 
 typedef struct blob_ref {
     store_blob_id id;
     uint64_t size, seg, off;
     uint32_t mailbox, uid;
+    int in_log; /* an inline append carries this body in the log */
 } blob_ref;
 
 typedef struct verify_ctx {
@@ -150,12 +152,22 @@ int store_verify(const char *dir, const char *name, store_report_cb report, void
             ix.last_off = off;
             ix.off = lr.off;
             if (rec.type == STORE_REC_APPEND) {
+                int in_log = 0;
+                if (rec.body) {
+                    uint8_t got[32];
+                    sha256(rec.body, (size_t)rec.size, got);
+                    in_log = memcmp(got, rec.blob.b, 32) == 0;
+                    if (!in_log)
+                        say(&v, 1, "%s: log segment %llu offset %llu: inline body does not "
+                                   "match its SHA-256", name, (unsigned long long)segs.no[i],
+                            (unsigned long long)off);
+                }
                 if (nrefs == cap) {
                     cap = cap ? cap * 2 : 1024;
                     refs = realloc(refs, cap * sizeof(blob_ref));
                 }
                 refs[nrefs++] = (blob_ref){rec.blob, rec.size, segs.no[i], off, rec.mailbox,
-                                           rec.uid};
+                                           rec.uid, in_log};
             }
             if (have_ck)
                 check_ckpt(&v, &ck, &ix, &ck_done);
@@ -182,14 +194,20 @@ int store_verify(const char *dir, const char *name, store_report_cb report, void
 
     if (nrefs)
         qsort(refs, nrefs, sizeof(blob_ref), cmp_ref);
-    for (size_t i = 0; i < nrefs; i++) {
-        if (i && memcmp(refs[i].id.b, refs[i - 1].id.b, 32) == 0)
-            continue;
+    for (size_t i = 0; i < nrefs;) {
+        /* All references to one blob: is its body also in the log? */
+        size_t j = i;
+        int in_log = 0;
+        while (j < nrefs && memcmp(refs[j].id.b, refs[i].id.b, 32) == 0)
+            in_log |= refs[j++].in_log;
         hv_err berr;
         if (blob_check(dir, &refs[i].id, refs[i].size, &berr) < 0)
-            say(&v, 1, "%s: log segment %llu offset %llu (mailbox %u uid %u): %s", name,
+            say(&v, !in_log, "%s: log segment %llu offset %llu (mailbox %u uid %u): %s%s", name,
                 (unsigned long long)refs[i].seg, (unsigned long long)refs[i].off,
-                refs[i].mailbox, refs[i].uid, berr.msg);
+                refs[i].mailbox, refs[i].uid, berr.msg,
+                in_log ? " (its body is in the log: read from there, written out at the next "
+                         "checkpoint)" : "");
+        i = j;
     }
     free(refs);
     buf_free(&scratch);
