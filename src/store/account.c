@@ -258,7 +258,7 @@ static int replay(store_account *a, hv_err *err)
         }
         /* LOG_BAD */
         uint64_t valid_off;
-        if (next || log_find_valid_after(a->seg_fd, bad_off, size, &valid_off)) {
+        if (next || log_find_valid_after(a->seg_fd, bad_off, size, a->ix.modseq, &valid_off)) {
             rc = damaged(a, a->ix.seg, bad_off, "invalid record before the end of the log");
             return hv_err_set(err, rc,
                               "account %s is damaged: log segment %llu offset %llu: invalid "

@@ -156,12 +156,48 @@ enum log_next log_reader_next(log_reader *lr, const uint8_t **frame, size_t *len
     return LOG_FRAME;
 }
 
-int log_find_valid_after(int fd, uint64_t off, uint64_t size, uint64_t *found_off)
+/* From off, do valid frames follow one another, with modseqs that only
+ * go on from after_modseq, to exactly the end of the file? */
+static int chain_to_end(log_reader *lr, uint64_t off, uint64_t after_modseq)
 {
-    /* Slow on purpose and only on the error path: try every offset. A frame
-     * whose length and CRC both check out by chance is vanishingly rare.
-     * One reader serves every try, so the file is read in chunks once, not
-     * once per offset (which made a torn tail cost its size squared). */
+    int seen = 0;
+    uint64_t last = 0;
+    lr->off = off;
+    for (;;) {
+        const uint8_t *f;
+        size_t n;
+        enum log_next r = log_reader_next(lr, &f, &n);
+        if (r == LOG_END)
+            return 1;
+        if (r != LOG_FRAME)
+            return 0;
+        uint64_t modseq = le64(f + REC_FRAME_HDR + 8);
+        int checkpoint = f[REC_FRAME_HDR] == STORE_REC_CHECKPOINT;
+        if (!seen) {
+            /* Damaged records may have taken some modseqs: only "later". */
+            if (modseq < after_modseq + (checkpoint ? 0 : 1))
+                return 0;
+            seen = 1;
+        } else if (checkpoint ? modseq != last : modseq != last + 1) {
+            return 0;
+        }
+        last = modseq;
+    }
+}
+
+int log_find_valid_after(int fd, uint64_t off, uint64_t size, uint64_t after_modseq,
+                         uint64_t *found_off)
+{
+    /* Slow on purpose and only on the error path: try every offset. One
+     * reader serves every try, so the file is read in chunks once, not once
+     * per offset (which made a torn tail cost its size squared).
+     *
+     * A single valid-looking frame is not enough: message bodies travel in
+     * the log (inline appends), so a sender can put a frame image in one,
+     * and a crash tearing that record would expose it. Real records after
+     * a damaged one run on, valid and with growing modseqs, to the end of
+     * the file; an image inside a torn body cannot, unless the tear falls
+     * exactly where the sender chose. */
     log_reader lr;
     log_reader_init(&lr, fd, 0, off + 1, size);
     int found = 0;
@@ -169,7 +205,7 @@ int log_find_valid_after(int fd, uint64_t off, uint64_t size, uint64_t *found_of
         const uint8_t *f;
         size_t n;
         lr.off = o;
-        if (log_reader_next(&lr, &f, &n) == LOG_FRAME) {
+        if (log_reader_next(&lr, &f, &n) == LOG_FRAME && chain_to_end(&lr, o, after_modseq)) {
             *found_off = o;
             found = 1;
         }

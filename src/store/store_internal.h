@@ -71,7 +71,8 @@ void log_reader_free(log_reader *lr);
 enum log_next log_reader_next(log_reader *lr, const uint8_t **frame, size_t *len);
 /* After LOG_BAD at off: is there any valid frame later in the file? (Then
  * the bad frame is damage, not a torn tail.) Fills *found_off. */
-int log_find_valid_after(int fd, uint64_t off, uint64_t size, uint64_t *found_off);
+int log_find_valid_after(int fd, uint64_t off, uint64_t size, uint64_t after_modseq,
+                         uint64_t *found_off);
 
 /* ---- blob.c ---- */
 void blob_path(const char *acct_dir, const store_blob_id *id, char *out, size_t outlen);

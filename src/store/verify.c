@@ -174,7 +174,7 @@ int store_verify(const char *dir, const char *name, store_report_cb report, void
         }
         if (r == LOG_BAD) {
             uint64_t valid;
-            if (i + 1 == segs.n && !log_find_valid_after(fd, lr.off, lr.size, &valid))
+            if (i + 1 == segs.n && !log_find_valid_after(fd, lr.off, lr.size, ix.modseq, &valid))
                 say(&v, 0, "%s: log segment %llu offset %llu: torn tail of %llu bytes (a write "
                            "that never completed; cut at the next open)", name,
                     (unsigned long long)segs.no[i], (unsigned long long)lr.off,

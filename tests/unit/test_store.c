@@ -8,6 +8,7 @@
 
 #include "lib/fsutil.h"
 #include "store/store.h"
+#include "store/store_internal.h"
 #include "testlib.h"
 
 static char acct_dir[4096];
@@ -418,6 +419,49 @@ TEST(inline_body_mends_a_lost_blob)
     CHECK(verify_problems() == 0);
 }
 
+TEST(frame_image_in_a_torn_body_is_not_damage)
+{
+    /* A sender can put the bytes of a valid log frame in a message, and
+     * small messages travel in the log. If a crash tears that record, the
+     * image must not make the torn tail look like mid-log damage. */
+    store_account *a = fresh();
+    hv_err err = {0};
+    uint32_t inbox, uid;
+    CHECK(store_mailbox_create(a, "INBOX", 0, &inbox, &err) == 0);
+    CHECK(store_append(a, inbox, "first\r\n", 7, 0, 0, &uid, &err) == 0);
+    buf img;
+    buf_init(&img);
+    buf_append_str(&img, "Subject: x\r\n\r\n");
+    size_t at = img.len;
+    store_record fake = {0};
+    fake.type = STORE_REC_SETTING;
+    fake.modseq = 1000000; /* later than anything: the best a sender can do */
+    fake.name = "k";
+    fake.name_len = 1;
+    fake.value = "v";
+    fake.value_len = 1;
+    rec_encode(&img, &fake);
+    size_t img_end = img.len;
+    buf_append_str(&img, "\r\nmore text after the image\r\n");
+    char seg[4200];
+    snprintf(seg, sizeof(seg), "%s/log/%020d.log", acct_dir, 1);
+    struct stat st;
+    CHECK(stat(seg, &st) == 0);
+    off_t rec_start = st.st_size;
+    CHECK(store_append(a, inbox, img.data, img.len, 0, 0, &uid, &err) == 0);
+    store_close(a);
+    /* Tear the record a little after the image (where the body goes on). */
+    off_t body_at = rec_start + 8 + 24 + 60; /* frame hdr, body hdr, APPEND fields */
+    CHECK(truncate(seg, body_at + (off_t)img_end + 5) == 0);
+    (void)at;
+    buf_free(&img);
+    CHECKM(store_open(acct_dir, "t@example.org", 0, NULL, &a, &err) == 0, "%s", err.msg);
+    uint32_t n;
+    CHECK(store_msg_count(a, inbox, &n) == 0 && n == 1);
+    store_close(a);
+    CHECK(verify_problems() == 0);
+}
+
 TEST(account_dir_rejects_unsafe_addresses)
 {
     char out[512];
@@ -445,6 +489,7 @@ int main(void)
     RUN(damaged_index_is_rebuilt);
     RUN(flipped_blob_is_detected);
     RUN(inline_body_mends_a_lost_blob);
+    RUN(frame_image_in_a_torn_body_is_not_damage);
     RUN(account_dir_rejects_unsafe_addresses);
     return t_done();
 }
