@@ -610,7 +610,10 @@ int ix_load(store_index *ix, const char *path, hv_err *err)
         close(fd);
         return hv_err_set(err, -EUCLEAN, "index %s: not a Haven index checkpoint", path);
     }
-    void *map = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_POPULATE, fd, 0);
+    /* No MAP_POPULATE: on a writable private mapping it would copy every
+     * page up front; read faults share the page cache, and only pages
+     * written later (flag changes, expunges) get copied. */
+    void *map = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
     close(fd);
     if (map == MAP_FAILED)
         return hv_err_sys(err, "mmap %s", path);
