@@ -24,13 +24,13 @@ cat <<'TEXT'
   IMAP:     localhost port 1143 (plaintext LOGIN allowed from loopback)
   SMTP:     localhost port 2525 (MX), 1587 (submission)
 
-  Honestly: the IMAP, SMTP and LMTP services are not built yet, so nothing listens
-  on those ports today. What works now is the foundation, from a second terminal:
+  IMAP works now: point a mail client at localhost:1143 (see README.md), or try
+    curl imap://localhost:1143/ --user demo@example.test:demo
+  SMTP and LMTP are not built yet, so nothing listens on 2525/1587 today.
+  From a second terminal:
 
     bin/haven -c demo/haven.conf status                       # ask this havend
-    bin/haven -c demo/haven.conf user list                    # the directory
     bin/haven -c demo/haven.conf import demo@example.test INBOX some.mbox
-    bin/haven -c demo/haven.conf export demo@example.test INBOX --mbox -
     bin/haven -c demo/haven.conf verify                       # check every store
     bin/haven --help                                          # everything else
 
