@@ -76,7 +76,8 @@ static void usage(FILE *f)
           "               re-reads haven.conf on SIGHUP, stops cleanly on SIGTERM\n"
           "  smtp         coming later: MX (25), submission (587, 465), the queue\n"
           "  lmtp         coming later: delivery into the account stores\n"
-          "  imap         coming later: IMAP4rev1/IMAP4rev2 on the stores\n"
+          "  imap         built: IMAP4rev1/IMAP4rev2 on imap_port (STARTTLS) and\n"
+          "               imaps_port (TLS); restarted with backoff if it dies\n"
           "  proxy        coming later: front-end IMAP and LMTP routing by the directory\n"
           "  repl         coming later: replication between primary and replica\n"
           "  http         coming later: admin API, metrics, health, status page\n"
@@ -411,7 +412,6 @@ int main(int argc, char **argv)
                      user, (int)geteuid());
     }
 
-    havend_services_start(&d);
     log_info("start version=%s pid=%d config=%s mode=%s admin_socket=%s running=master,imap "
              "not_built=smtp,lmtp,proxy,repl,http",
              HAVEN_VERSION, (int)d.pid, d.conf_path, d.foreground ? "foreground" : "daemon",
@@ -424,8 +424,13 @@ int main(int argc, char **argv)
         ready_fd = -1;
     }
 
+    /* After the readiness note: a service child must not hold the pipe the
+     * starting command waits on. */
+    havend_services_start(&d);
     int rc = 0;
     while (!stop_signal) {
+        /* SIGCHLD only interrupts ppoll: reap and restart here, each turn. */
+        havend_services_reap(&d, 0);
         if (reload_requested) {
             reload_requested = 0;
             reload(&d);
@@ -446,7 +451,6 @@ int main(int argc, char **argv)
             break;
         }
         havend_admin_handle(admin, fds, n, &d);
-        havend_services_reap(&d, 0);
     }
     havend_services_stop();
 

@@ -124,10 +124,7 @@ static int parse_section_item(fetch_state *f, const char *a)
     }
     const char *name = k == F_SECTION ? "BODY" : k == F_BINARY ? "BINARY" : "BINARY.SIZE";
     snprintf(it->key, sizeof(it->key), "%s[%s]", name, it->section);
-    if (k != F_BINARY_SIZE)
-        f->need_blob = 1;
-    else
-        f->need_blob = 1;
+    f->need_blob = 1;
     if (it->section[0])
         f->need_mime = 1;
     if (!peek && k != F_BINARY_SIZE)
@@ -380,7 +377,8 @@ void imap_cmd_fetch(imap_session *s, const imap_command *c)
         for (size_t i = 0; !bad && i < mod->nlist; i++) {
             const char *x = mod->list[i].str;
             if (x && strcasecmp(x, "CHANGEDSINCE") == 0 && i + 1 < mod->nlist) {
-                f->changedsince = strtoull(mod->list[++i].str, NULL, 10);
+                bad = imap_arg_number(&mod->list[++i], &f->changedsince) < 0 ||
+                      f->changedsince == 0;
                 s->condstore = 1;
             } else if (x && strcasecmp(x, "VANISHED") == 0 && by_uid && s->qresync) {
                 vanished = 1;

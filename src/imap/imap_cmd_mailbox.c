@@ -138,8 +138,13 @@ void imap_cmd_select(imap_session *s, const imap_command *c)
                     imap_tagged(s, "BAD", "QRESYNC needs uidvalidity and modseq");
                     return;
                 }
-                q_validity = (uint32_t)strtoul(ql->list[0].str, NULL, 10);
-                q_modseq = strtoull(ql->list[1].str, NULL, 10);
+                uint64_t v;
+                if (imap_arg_number(&ql->list[0], &v) < 0 || v == 0 || v > UINT32_MAX ||
+                    imap_arg_number(&ql->list[1], &q_modseq) < 0 || q_modseq == 0) {
+                    imap_tagged(s, "BAD", "QRESYNC needs uidvalidity and modseq numbers");
+                    return;
+                }
+                q_validity = (uint32_t)v;
                 if (ql->nlist > 2 && ql->list[2].type == IMAP_ARG_ATOM)
                     q_known = ql->list[2].str;
                 qres = 1;

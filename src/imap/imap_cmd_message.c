@@ -116,12 +116,12 @@ void imap_cmd_store(imap_session *s, const imap_command *c)
     uint64_t unchanged = 0;
     if (i < c->nargs && c->args[i].type == IMAP_ARG_LIST) {
         const imap_arg *mod = &c->args[i++];
-        if (mod->nlist != 2 || !mod->list[0].str || strcasecmp(mod->list[0].str, "UNCHANGEDSINCE") != 0 ||
-            !mod->list[1].str) {
+        if (mod->nlist != 2 || !mod->list[0].str ||
+            strcasecmp(mod->list[0].str, "UNCHANGEDSINCE") != 0 ||
+            imap_arg_number(&mod->list[1], &unchanged) < 0) {
             imap_tagged(s, "BAD", "unknown STORE modifier");
             return;
         }
-        unchanged = strtoull(mod->list[1].str, NULL, 10);
         s->condstore = 1;
     }
     const char *item = astr(c, i++);

@@ -146,3 +146,20 @@ void imap_flags_format(imap_session *s, buf *b, uint64_t flags, int recent)
     if (b->len == start)
         buf_reserve(b, 1); /* an empty, NUL-terminated string */
 }
+
+int imap_arg_number(const imap_arg *a, uint64_t *out)
+{
+    if (!a || a->type != IMAP_ARG_ATOM || !a->str || !a->str[0] || a->len > 20)
+        return -1;
+    uint64_t v = 0;
+    for (const char *p = a->str; *p; p++) {
+        if (*p < '0' || *p > '9')
+            return -1;
+        uint64_t d = (uint64_t)(*p - '0');
+        if (v > (UINT64_MAX - d) / 10)
+            return -1;
+        v = v * 10 + d;
+    }
+    *out = v;
+    return 0;
+}

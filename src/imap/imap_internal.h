@@ -197,6 +197,10 @@ int imap_uidset_parse(const char *set, uint32_t star, uint32_t **uids, size_t *n
 /* "1:3,5" from a sorted uid list. */
 void imap_uidset_format(buf *b, const uint32_t *uids, size_t n);
 
+/* A number argument (an atom of digits, fits 64 bits): 0, or -1. Clients
+ * send anything where a number belongs; never strtoull a raw arg. */
+int imap_arg_number(const imap_arg *a, uint64_t *out);
+
 /* flags <-> text */
 int imap_flags_parse(imap_session *s, const imap_arg *list, size_t n, uint64_t *flags,
                      int create_keywords);
