@@ -144,7 +144,7 @@ void imap_flags_format(imap_session *s, buf *b, uint64_t flags, int recent)
         buf_append_str(b, "\\Recent");
     }
     if (b->len == start)
-        buf_reserve(b, 1); /* an empty, NUL-terminated string */
+        buf_append(b, "", 0); /* an empty, NUL-terminated string */
 }
 
 int imap_arg_number(const imap_arg *a, uint64_t *out)

@@ -549,7 +549,10 @@ static void process_input(imap_session *s)
             int fatal = imap_parser_error_fatal(s->parser);
             imap_parser_reset(s->parser);
             if (fatal || ++s->bad_count > MAX_BAD_COMMANDS) {
-                imap_out(s, "* BYE too many bad commands\r\n");
+                /* Say which: after a {n+} too large to count, the next
+                 * command cannot be found, however few errors came before. */
+                imap_out(s, "* BYE %s\r\n",
+                         fatal ? "literal too large to skip, closing" : "too many bad commands");
                 s->closing = 1;
             }
             send_out(s);
