@@ -697,6 +697,19 @@ void imap_cmd_list(imap_session *s, const imap_command *c)
                 break;
             }
         }
+        /* Subscribed names with no mailbox behind them are listed too
+         * (RFC 5258 3.1; LSUB in RFC 3501). */
+        if (o.lsub || o.sel_subscribed) {
+            size_t nsub = store_subscription_count(st);
+            for (size_t k = 0; k < nsub; k++) {
+                const char *nm = store_subscription_at(st, k);
+                if (!nm || store_mailbox_find(st, nm, NULL) == 0 || !pattern_match(full, nm))
+                    continue;
+                char copy[1100];
+                snprintf(copy, sizeof(copy), "%s", nm); /* list_one may refresh */
+                list_one(s, &o, copy, NULL);
+            }
+        }
         for (size_t q = 0; q < nseen; q++)
             free(seen[q]);
         free(seen);

@@ -1217,6 +1217,17 @@ int store_is_subscribed(store_account *a, const char *name)
     return 0;
 }
 
+size_t store_subscription_count(store_account *a)
+{
+    replay(a, NULL);
+    return a->ix.nsubs;
+}
+
+const char *store_subscription_at(store_account *a, size_t i)
+{
+    return i < a->ix.nsubs ? a->ix.subs[i] : NULL;
+}
+
 int store_setting_set(store_account *a, const char *key, const char *value, hv_err *err)
 {
     if (!*key || strlen(key) > 200)

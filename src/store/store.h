@@ -215,6 +215,10 @@ const char *store_keyword_name(store_account *a, uint64_t bit);
 
 int store_subscribe(store_account *a, const char *name, int on, hv_err *err);
 int store_is_subscribed(store_account *a, const char *name);
+/* Subscribed names (mailboxes may not exist): count, and the i-th; the
+ * pointer is valid until the next call on the account. */
+size_t store_subscription_count(store_account *a);
+const char *store_subscription_at(store_account *a, size_t i);
 int store_setting_set(store_account *a, const char *key, const char *value, hv_err *err);
 const char *store_setting_get(store_account *a, const char *key);
 

@@ -175,6 +175,23 @@ class ImapTest(unittest.TestCase):
         c.login("bob@example.org", "s3cret-pw")
         c.logout()
 
+    def test_10_subscribed_without_mailbox(self):
+        c = self.login()
+        c.subscribe("Ghost")
+        typ, data = c.lsub()
+        line = [l for l in data if l and l.endswith(b'"Ghost"') or l.endswith(b" Ghost")]
+        self.assertEqual(len(line), 1, data)
+        self.assertIn(b"\\Noselect", line[0])
+        typ, data = c._simple_command("LIST", "(SUBSCRIBED)", '""', '"*"')
+        typ, data = c._untagged_response(typ, data, "LIST")
+        ghost = [l for l in data if l and b"Ghost" in l]
+        self.assertEqual(len(ghost), 1, data)
+        self.assertIn(b"\\NonExistent", ghost[0])
+        self.assertIn(b"\\Subscribed", ghost[0])
+        inbox = [l for l in data if l and b"INBOX" in l]
+        self.assertEqual(len(inbox), 1, data)
+        c.logout()
+
     def test_09_authenticate_plain(self):
         c = imaplib.IMAP4("127.0.0.1", self.port)
         typ, _ = c.authenticate("PLAIN", lambda _: b"\0bob@example.org\0s3cret-pw")
