@@ -25,6 +25,7 @@
 #include "lib/buf.h"
 #include "lib/conf.h"
 #include "lib/fsutil.h"
+#include "store/store.h"
 
 /* Long enough for a daemon that is merely busy, short enough that a hung
  * one is reported while the operator is still looking. */
@@ -87,40 +88,6 @@ static int admin_ask(int fd, const char *cmd, buf *reply, hv_err *err)
     }
 }
 
-/* Accounts are the folders DATA/accounts/DOMAIN/LOCALPART (store.h);
- * names starting with '.' are work in progress (temporary folders). */
-static long count_accounts(const char *data_dir)
-{
-    char top[4200];
-    snprintf(top, sizeof(top), "%s/accounts", data_dir);
-    DIR *d = opendir(top);
-    if (!d)
-        return errno == ENOENT ? 0 : -errno;
-    long n = 0;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        if (e->d_name[0] == '.')
-            continue;
-        int dfd = openat(dirfd(d), e->d_name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (dfd < 0)
-            continue; /* a stray file, not a domain */
-        DIR *dd = fdopendir(dfd);
-        if (!dd) {
-            close(dfd);
-            continue;
-        }
-        struct dirent *a;
-        while ((a = readdir(dd))) {
-            struct stat st;
-            if (a->d_name[0] != '.' && fstatat(dfd, a->d_name, &st, 0) == 0 &&
-                S_ISDIR(st.st_mode))
-                n++;
-        }
-        closedir(dd);
-    }
-    closedir(d);
-    return n;
-}
 
 int cmd_status(haven_ctx *ctx, int argc, char **argv)
 {
@@ -156,7 +123,7 @@ int cmd_status(haven_ctx *ctx, int argc, char **argv)
     snprintf(reason, sizeof(reason), "%s", err.msg);
     char data[4096];
     conf_path(ctx->conf, "data_dir", data, sizeof(data));
-    long accounts = count_accounts(data);
+    long accounts = store_account_count(data);
     printf("havend: not running\n");
     printf("config: %s\n", ctx->conf_path);
     printf("data_dir: %s\n", data);

@@ -25,6 +25,7 @@
 #include "cmd/version.h"
 #include "lib/buf.h"
 #include "lib/log.h"
+#include "store/store.h"
 
 #define ADMIN_MAX_CLIENTS (HAVEND_ADMIN_MAX_FDS - 1)
 #define ADMIN_LINE_MAX 512
@@ -125,40 +126,6 @@ static void client_flush(admin_client *c)
         client_close(c, "done");
 }
 
-/* Accounts are the folders DATA/accounts/DOMAIN/LOCALPART (store.h);
- * names starting with '.' are temporary folders, not accounts. */
-static long count_accounts(const char *data_dir)
-{
-    char top[4200];
-    snprintf(top, sizeof(top), "%s/accounts", data_dir);
-    DIR *d = opendir(top);
-    if (!d)
-        return errno == ENOENT ? 0 : -errno;
-    long n = 0;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        if (e->d_name[0] == '.')
-            continue;
-        int dfd = openat(dirfd(d), e->d_name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (dfd < 0)
-            continue;
-        DIR *dd = fdopendir(dfd);
-        if (!dd) {
-            close(dfd);
-            continue;
-        }
-        struct dirent *acct;
-        while ((acct = readdir(dd))) {
-            struct stat st;
-            if (acct->d_name[0] != '.' && fstatat(dfd, acct->d_name, &st, 0) == 0 &&
-                S_ISDIR(st.st_mode))
-                n++;
-        }
-        closedir(dd);
-    }
-    closedir(d);
-    return n;
-}
 
 static void reply_status(buf *o, const havend *d)
 {
@@ -171,7 +138,7 @@ static void reply_status(buf *o, const havend *d)
     strftime(started, sizeof(started), "%Y-%m-%dT%H:%M:%SZ", &tm);
     char data[4096];
     conf_path(d->conf, "data_dir", data, sizeof(data));
-    long accounts = count_accounts(data);
+    long accounts = store_account_count(data);
 
     buf_printf(o, "havend: running\n");
     buf_printf(o, "version: %s\n", HAVEN_VERSION);

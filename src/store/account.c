@@ -1522,3 +1522,36 @@ int store_account_dir(const char *data_dir, const char *address, char *out, size
         return hv_err_set(err, -ENAMETOOLONG, "account path too long");
     return 0;
 }
+
+long store_account_count(const char *data_dir)
+{
+    char top[4200];
+    snprintf(top, sizeof(top), "%s/accounts", data_dir);
+    DIR *d = opendir(top);
+    if (!d)
+        return errno == ENOENT ? 0 : -errno;
+    long n = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.')
+            continue;
+        int dfd = openat(dirfd(d), e->d_name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd < 0)
+            continue; /* a stray file, not a domain */
+        DIR *dd = fdopendir(dfd);
+        if (!dd) {
+            close(dfd);
+            continue;
+        }
+        struct dirent *a;
+        while ((a = readdir(dd))) {
+            struct stat st;
+            if (a->d_name[0] != '.' && fstatat(dfd, a->d_name, &st, 0) == 0 &&
+                S_ISDIR(st.st_mode))
+                n++;
+        }
+        closedir(dd);
+    }
+    closedir(d);
+    return n;
+}

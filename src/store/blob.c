@@ -26,10 +26,37 @@ void blob_path(const char *acct_dir, const store_blob_id *id, char *out, size_t 
     snprintf(out, outlen, "%s/blobs/%.2s/%s", acct_dir, hex, hex);
 }
 
+/* Writes data to a temp file (synced when asked) and renames it to path. */
+static int put_file(const char *acct_dir, const char *path, const void *data, size_t len,
+                    int sync, hv_err *err)
+{
+    char tmp[4096];
+    snprintf(tmp, sizeof(tmp), "%s/blobs/tmp/%d.XXXXXX", acct_dir, (int)getpid());
+    int fd = mkostemp(tmp, O_CLOEXEC);
+    if (fd < 0)
+        return hv_err_sys(err, "create blob temp file in %s/blobs/tmp", acct_dir);
+    int rc = fs_write_full(fd, data, len);
+    if (rc == 0 && sync && fsync(fd) < 0)
+        rc = -errno;
+    close(fd);
+    if (rc < 0) {
+        errno = -rc;
+        rc = hv_err_sys(err, "write blob %s", tmp);
+        unlink(tmp);
+        return rc;
+    }
+    if (rename(tmp, path) < 0) {
+        rc = hv_err_sys(err, "rename blob into %s", path);
+        unlink(tmp);
+        return rc;
+    }
+    return 0;
+}
+
 int blob_write(const char *acct_dir, const void *data, size_t len, store_blob_id *id_out,
                int sync, hv_err *err)
 {
-    char path[4096], dir[4096], tmp[4096];
+    char path[4096], dir[4096];
     sha256(data, len, id_out->b);
     blob_path(acct_dir, id_out, path, sizeof(path));
     snprintf(dir, sizeof(dir), "%s", path);
@@ -56,25 +83,9 @@ int blob_write(const char *acct_dir, const void *data, size_t len, store_blob_id
     } else if (errno != EEXIST) {
         return hv_err_sys(err, "mkdir %s", dir);
     }
-    snprintf(tmp, sizeof(tmp), "%s/blobs/tmp/%d.XXXXXX", acct_dir, (int)getpid());
-    fd = mkostemp(tmp, O_CLOEXEC);
-    if (fd < 0)
-        return hv_err_sys(err, "create blob temp file in %s/blobs/tmp", acct_dir);
-    int rc = fs_write_full(fd, data, len);
-    if (rc == 0 && sync && fsync(fd) < 0)
-        rc = -errno;
-    close(fd);
-    if (rc < 0) {
-        errno = -rc;
-        rc = hv_err_sys(err, "write blob %s", tmp);
-        unlink(tmp);
+    int rc = put_file(acct_dir, path, data, len, sync, err);
+    if (rc < 0)
         return rc;
-    }
-    if (rename(tmp, path) < 0) {
-        rc = hv_err_sys(err, "rename blob into %s", path);
-        unlink(tmp);
-        return rc;
-    }
     return sync ? fs_fsync_dir(dir, err) : 0;
 }
 
@@ -113,24 +124,7 @@ int blob_check(const char *acct_dir, const store_blob_id *id, uint64_t size, hv_
 int blob_put(const char *acct_dir, const store_blob_id *id, const void *data, size_t len,
              hv_err *err)
 {
-    char path[4096], tmp[4096];
+    char path[4096];
     blob_path(acct_dir, id, path, sizeof(path));
-    snprintf(tmp, sizeof(tmp), "%s/blobs/tmp/%d.XXXXXX", acct_dir, (int)getpid());
-    int fd = mkostemp(tmp, O_CLOEXEC);
-    if (fd < 0)
-        return hv_err_sys(err, "create blob temp file in %s/blobs/tmp", acct_dir);
-    int rc = fs_write_full(fd, data, len);
-    close(fd);
-    if (rc < 0) {
-        errno = -rc;
-        rc = hv_err_sys(err, "write blob %s", tmp);
-        unlink(tmp);
-        return rc;
-    }
-    if (rename(tmp, path) < 0) {
-        rc = hv_err_sys(err, "rename blob into %s", path);
-        unlink(tmp);
-        return rc;
-    }
-    return 0;
+    return put_file(acct_dir, path, data, len, 0, err);
 }

@@ -272,6 +272,10 @@ int store_reconstruct(const char *dir, const char *name, hv_err *err);
 int store_account_dir(const char *data_dir, const char *address, char *out, size_t outlen,
                       hv_err *err);
 
+/* How many accounts DATA holds (folders DATA/accounts/DOMAIN/LOCALPART;
+ * names starting with '.' are work in progress). -errno if unreadable. */
+long store_account_count(const char *data_dir);
+
 /* Counters for tests and benchmarks (process-wide). */
 typedef struct store_stats {
     uint64_t records_replayed; /* applied from the log at open/refresh */
