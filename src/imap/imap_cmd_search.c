@@ -14,6 +14,7 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "imap/imap_internal.h"
 #include "imap/mime.h"
@@ -51,6 +52,7 @@ typedef struct smsg {
     size_t len;
     mime_part *mp;
     int loaded, failed;
+    int header_only; /* data holds just the header (loaded by load_header) */
 } smsg;
 
 static void node_free(snode *n)
@@ -327,8 +329,16 @@ static snode *parse_key(sparse *p, int depth)
 
 static int load(imap_session *s, smsg *m)
 {
-    if (m->loaded)
+    if (m->loaded && !m->header_only)
         return !m->failed;
+    if (m->header_only) {
+        if (m->mp)
+            mime_free(m->mp);
+        free(m->data);
+        m->mp = NULL;
+        m->data = NULL;
+        m->header_only = 0;
+    }
     m->loaded = 1;
     hv_err err;
     if (store_blob_read(s->acct->st, &m->m.blob, &m->data, &m->len, &err) < 0) {
@@ -336,6 +346,44 @@ static int load(imap_session *s, smsg *m)
         return 0;
     }
     m->mp = mime_parse(m->data, m->len, NULL);
+    return 1;
+}
+
+/* Header criteria need only the header: read up to the blank line that
+ * ends it (at most 256 KiB) instead of the whole message. */
+static int load_header(imap_session *s, smsg *m)
+{
+    if (m->loaded)
+        return !m->failed;
+    int fd;
+    hv_err err;
+    if (store_blob_open(s->acct->st, &m->m.blob, &fd, NULL, &err) < 0)
+        return load(s, m);
+    size_t cap = 8192, len = 0;
+    char *p = malloc(cap + 1);
+    for (;;) {
+        ssize_t r = read(fd, p + len, cap - len);
+        if (r <= 0)
+            break;
+        size_t from = len > 3 ? len - 3 : 0;
+        len += (size_t)r;
+        p[len] = 0;
+        if (memmem(p + from, len - from, "\r\n\r\n", 4) || memmem(p + from, len - from, "\n\n", 2))
+            break;
+        if (len == cap) {
+            if (cap >= (256u << 10))
+                break;
+            cap *= 2;
+            p = realloc(p, cap + 1);
+        }
+    }
+    close(fd);
+    p[len] = 0;
+    m->data = p;
+    m->len = len;
+    m->mp = mime_parse(p, len, NULL);
+    m->loaded = 1;
+    m->header_only = 1;
     return 1;
 }
 
@@ -385,7 +433,7 @@ static int eval(imap_session *s, const snode *n, smsg *m)
     case S_SENTBEFORE:
     case S_SENTON:
     case S_SENTSINCE: {
-        if (!load(s, m))
+        if (!load_header(s, m))
             return 0;
         int64_t d = mime_date(m->mp, m->data);
         if (d < 0)
@@ -396,7 +444,7 @@ static int eval(imap_session *s, const snode *n, smsg *m)
                                      : d >= (int64_t)n->num;
     }
     case S_HEADER: {
-        if (!load(s, m))
+        if (!load_header(s, m))
             return 0;
         buf v;
         buf_init(&v);
