@@ -76,6 +76,7 @@ struct imap_server {
     /* accounts */
     pthread_mutex_t amu;
     imap_account *accounts;
+    unsigned idle_accounts; /* open but used by no session (amu) */
     int inotify_fd;
     struct event *inotify_ev;
     /* failed logins per client address: a small table, loop + workers */

@@ -101,7 +101,8 @@ imap_account *imap_account_get(imap_server *srv, const char *address, hv_err *er
         if (strcmp(a->address, address) == 0)
             break;
     if (a) {
-        a->refs++;
+        if (a->refs++ == 0)
+            srv->idle_accounts--;
         pthread_mutex_unlock(&srv->amu);
         return a;
     }
@@ -134,6 +135,21 @@ imap_account *imap_account_get(imap_server *srv, const char *address, hv_err *er
     return a;
 }
 
+/* Accounts nobody uses stay open (up to ACCOUNT_CACHE of them): a client
+ * that logs in again, as most do all day, then finds its index in memory
+ * instead of reopening and replaying the log. */
+#define ACCOUNT_CACHE 256
+
+static void account_free(imap_server *srv, imap_account *a)
+{
+    if (a->watch >= 0)
+        inotify_rm_watch(srv->inotify_fd, a->watch);
+    event_free(a->notify);
+    store_close(a->st);
+    pthread_mutex_destroy(&a->mu);
+    free(a);
+}
+
 void imap_account_put(imap_server *srv, imap_account *a)
 {
     if (!a)
@@ -143,17 +159,22 @@ void imap_account_put(imap_server *srv, imap_account *a)
         pthread_mutex_unlock(&srv->amu);
         return;
     }
-    imap_account **pp = &srv->accounts;
-    while (*pp != a)
-        pp = &(*pp)->next;
-    *pp = a->next;
+    imap_account *evict = NULL;
+    if (++srv->idle_accounts > ACCOUNT_CACHE) {
+        /* The list is newest first: drop the unused one furthest back. */
+        imap_account **pp, **victim = NULL;
+        for (pp = &srv->accounts; *pp; pp = &(*pp)->next)
+            if ((*pp)->refs == 0 && *pp != a)
+                victim = pp;
+        if (victim) {
+            evict = *victim;
+            *victim = evict->next;
+            srv->idle_accounts--;
+        }
+    }
     pthread_mutex_unlock(&srv->amu);
-    if (a->watch >= 0)
-        inotify_rm_watch(srv->inotify_fd, a->watch);
-    event_free(a->notify);
-    store_close(a->st);
-    pthread_mutex_destroy(&a->mu);
-    free(a);
+    if (evict)
+        account_free(srv, evict);
 }
 
 void imap_account_changed(imap_account *a) { event_active(a->notify, EV_READ, 0); }
