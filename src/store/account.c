@@ -115,6 +115,8 @@ struct store_batch {
     size_t n_next;
     store_blob_id *blobs; /* blobs written by this batch, to sync at commit */
     size_t nblobs;
+    uint64_t *dids;       /* delivery ids added by this batch (hashes) */
+    size_t ndids;
 };
 
 static store_stats stats;
@@ -826,40 +828,28 @@ int store_mailbox_delete(store_account *a, uint32_t id, hv_err *err)
 
 /* ---- messages ---- */
 
+static int check_delivery_id(const char *id, hv_err *err)
+{
+    size_t n = id ? strlen(id) : 0;
+    if (n == 0 || n > STORE_DELIVERY_ID_MAX)
+        return hv_err_set(err, -EINVAL, "delivery id must be 1 to %d bytes",
+                          STORE_DELIVERY_ID_MAX);
+    for (size_t i = 0; i < n; i++)
+        if (id[i] <= ' ' || id[i] > '~')
+            return hv_err_set(err, -EINVAL, "delivery id must be printable ASCII");
+    return 0;
+}
+
+static int append_small(store_account *a, uint32_t mailbox, const char *did, const void *data,
+                        size_t len, uint64_t flags, int64_t internal_date, uint32_t *uid_out,
+                        int *dup_out, hv_err *err);
+
 int store_append(store_account *a, uint32_t mailbox, const void *data, size_t len,
                  uint64_t flags, int64_t internal_date, uint32_t *uid_out, hv_err *err)
 {
-    if (len <= STORE_INLINE_MAX && len <= a->opt.max_message_size) {
-        /* The body travels in the record: one write, one fdatasync. The
-         * blob file is written unsynced so readers find it at once; it is
-         * synced before the next checkpoint (inl_spill). */
-        store_record r;
-        store_blob_id id;
-        sha256(data, len, id.b);
-        int rc = wr_begin(a, err);
-        if (rc < 0)
-            return rc;
-        const ix_mbox *m = ix_mbox_by_id(&a->ix, mailbox);
-        if (!m)
-            return wr_end(a, hv_err_set(err, -ENOENT, "no such mailbox (id %u)", mailbox), err);
-        if (m->uidnext == UINT32_MAX)
-            return wr_end(a, hv_err_set(err, -EOVERFLOW, "mailbox %s has used every uid", m->name),
-                          err);
-        rc = blob_put(a->dir, &id, data, len, err);
-        if (rc == 0) {
-            rec_base(a, &r, STORE_REC_APPEND, mailbox, 0);
-            r.uid = m->uidnext;
-            r.flags = flags;
-            r.internal_date = internal_date;
-            r.size = len;
-            r.blob = id;
-            r.body = data;
-            rc = write_one(a, &r, err);
-            if (rc == 0 && uid_out)
-                *uid_out = r.uid;
-        }
-        return wr_end(a, rc, err);
-    }
+    if (len <= STORE_INLINE_MAX && len <= a->opt.max_message_size)
+        return append_small(a, mailbox, NULL, data, len, flags, internal_date, uid_out, NULL,
+                            err);
     store_batch *b;
     int rc = store_batch_begin(a, &b, err);
     if (rc < 0)
@@ -869,6 +859,77 @@ int store_append(store_account *a, uint32_t mailbox, const void *data, size_t le
         return rc;
     }
     return store_batch_commit(b, err);
+}
+
+int store_append_once(store_account *a, uint32_t mailbox, const char *delivery_id,
+                      const void *data, size_t len, uint64_t flags, int64_t internal_date,
+                      uint32_t *uid_out, int *dup_out, hv_err *err)
+{
+    int rc = check_delivery_id(delivery_id, err);
+    if (rc < 0)
+        return rc;
+    *dup_out = 0;
+    if (len <= STORE_INLINE_MAX && len <= a->opt.max_message_size)
+        return append_small(a, mailbox, delivery_id, data, len, flags, internal_date, uid_out,
+                            dup_out, err);
+    store_batch *b;
+    if ((rc = store_batch_begin(a, &b, err)) < 0)
+        return rc;
+    if ((rc = store_batch_add_once(b, mailbox, delivery_id, data, len, flags, internal_date,
+                                   uid_out, dup_out, err)) < 0) {
+        store_batch_abort(b);
+        return rc;
+    }
+    return store_batch_commit(b, err);
+}
+
+/* An append whose body travels in its record (len <= STORE_INLINE_MAX). */
+static int append_small(store_account *a, uint32_t mailbox, const char *did, const void *data,
+                        size_t len, uint64_t flags, int64_t internal_date, uint32_t *uid_out,
+                        int *dup_out, hv_err *err)
+{
+    /* The body travels in the record: one write, one fdatasync. The
+     * blob file is written unsynced so readers find it at once; it is
+     * synced before the next checkpoint (inl_spill). */
+    store_record r;
+    store_blob_id id;
+    sha256(data, len, id.b);
+    int rc = wr_begin(a, err);
+    if (rc < 0)
+        return rc;
+    if (did) {
+        /* Under the lock and caught up with the log: a delivery that
+         * committed before a crash is seen here, whoever wrote it. */
+        const ix_did *seen = ix_did_find(&a->ix, ix_did_hash(did, strlen(did)));
+        if (seen) {
+            *dup_out = 1;
+            if (uid_out)
+                *uid_out = seen->uid;
+            return wr_end(a, 0, err);
+        }
+    }
+    const ix_mbox *m = ix_mbox_by_id(&a->ix, mailbox);
+    if (!m)
+        return wr_end(a, hv_err_set(err, -ENOENT, "no such mailbox (id %u)", mailbox), err);
+    if (m->uidnext == UINT32_MAX)
+        return wr_end(a, hv_err_set(err, -EOVERFLOW, "mailbox %s has used every uid", m->name),
+                      err);
+    rc = blob_put(a->dir, &id, data, len, err);
+    if (rc == 0) {
+        rec_base(a, &r, STORE_REC_APPEND, mailbox, 0);
+        r.uid = m->uidnext;
+        r.flags = flags;
+        r.internal_date = internal_date;
+        r.size = len;
+        r.blob = id;
+        r.body = data;
+        r.delivery_id = did;
+        r.delivery_id_len = did ? strlen(did) : 0;
+        rc = write_one(a, &r, err);
+        if (rc == 0 && uid_out)
+            *uid_out = r.uid;
+    }
+    return wr_end(a, rc, err);
 }
 
 int store_batch_begin(store_account *a, store_batch **out, hv_err *err)
@@ -894,8 +955,10 @@ static uint32_t *batch_next_uid(store_batch *b, const ix_mbox *m)
     return &b->next_uid[b->n_next++].next;
 }
 
-static void batch_add_record(store_batch *b, const ix_mbox *m, uint64_t flags, int64_t idate,
-                             uint64_t size, const store_blob_id *blob, uint32_t *uid_out)
+/* Encodes one APPEND of the batch; body (inline) and did may be NULL. */
+static void batch_add_record_ex(store_batch *b, const ix_mbox *m, uint64_t flags, int64_t idate,
+                                uint64_t size, const store_blob_id *blob, const void *body,
+                                const char *did, uint32_t *uid_out)
 {
     store_record r;
     rec_base(b->a, &r, STORE_REC_APPEND, m->id, b->nrec++);
@@ -905,9 +968,18 @@ static void batch_add_record(store_batch *b, const ix_mbox *m, uint64_t flags, i
     r.internal_date = idate;
     r.size = size;
     r.blob = *blob;
+    r.body = body;
+    r.delivery_id = did;
+    r.delivery_id_len = did ? strlen(did) : 0;
     rec_encode(&b->frames, &r);
     if (uid_out)
         *uid_out = r.uid;
+}
+
+static void batch_add_record(store_batch *b, const ix_mbox *m, uint64_t flags, int64_t idate,
+                             uint64_t size, const store_blob_id *blob, uint32_t *uid_out)
+{
+    batch_add_record_ex(b, m, flags, idate, size, blob, NULL, NULL, uid_out);
 }
 
 int store_batch_add(store_batch *b, uint32_t mailbox, const void *data, size_t len,
@@ -933,8 +1005,63 @@ int store_batch_add(store_batch *b, uint32_t mailbox, const void *data, size_t l
     return 0;
 }
 
+int store_batch_add_once(store_batch *b, uint32_t mailbox, const char *delivery_id,
+                         const void *data, size_t len, uint64_t flags, int64_t internal_date,
+                         uint32_t *uid_out, int *dup_out, hv_err *err)
+{
+    store_account *a = b->a;
+    int rc = check_delivery_id(delivery_id, err);
+    if (rc < 0)
+        return rc;
+    *dup_out = 0;
+    uint64_t h = ix_did_hash(delivery_id, strlen(delivery_id));
+    const ix_did *seen = ix_did_find(&a->ix, h);
+    if (seen) {
+        *dup_out = 1;
+        if (uid_out)
+            *uid_out = seen->uid;
+        return 0;
+    }
+    for (size_t i = 0; i < b->ndids; i++)
+        if (b->dids[i] == h) {
+            *dup_out = 1;
+            if (uid_out)
+                *uid_out = 0; /* not committed yet */
+            return 0;
+        }
+    if (len > a->opt.max_message_size)
+        return hv_err_set(err, -EFBIG, "message of %zu bytes is over the limit of %llu", len,
+                          (unsigned long long)a->opt.max_message_size);
+    const ix_mbox *m = ix_mbox_by_id(&a->ix, mailbox);
+    if (!m)
+        return hv_err_set(err, -ENOENT, "no such mailbox (id %u)", mailbox);
+    uint32_t *next = batch_next_uid(b, m);
+    if (*next == UINT32_MAX)
+        return hv_err_set(err, -EOVERFLOW, "mailbox %s has used every uid", m->name);
+    store_blob_id id;
+    const void *body = NULL;
+    if (len <= STORE_INLINE_MAX) {
+        /* Deliveries are small and want one fdatasync for the lot: the
+         * bodies ride in their records, as in store_append. */
+        sha256(data, len, id.b);
+        if ((rc = blob_put(a->dir, &id, data, len, err)) < 0)
+            return rc;
+        body = data;
+    } else {
+        if ((rc = blob_write(a->dir, data, len, &id, 0, err)) < 0)
+            return rc;
+        b->blobs = realloc(b->blobs, (b->nblobs + 1) * sizeof(store_blob_id));
+        b->blobs[b->nblobs++] = id;
+    }
+    b->dids = realloc(b->dids, (b->ndids + 1) * sizeof(uint64_t));
+    b->dids[b->ndids++] = h;
+    batch_add_record_ex(b, m, flags, internal_date, len, &id, body, delivery_id, uid_out);
+    return 0;
+}
+
 static void batch_free(store_batch *b)
 {
+    free(b->dids);
     buf_free(&b->frames);
     free(b->next_uid);
     free(b->blobs);

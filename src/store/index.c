@@ -38,6 +38,7 @@
 #define TAG_SUBS TAG('S', 'U', 'B', 'S')
 #define TAG_SETT TAG('S', 'E', 'T', 'T')
 #define TAG_MBOX TAG('M', 'B', 'O', 'X')
+#define TAG_DIDS TAG('D', 'I', 'D', 'S')
 #define TAG_END TAG('E', 'N', 'D', '!')
 
 /* ---- digest ---- */
@@ -108,6 +109,48 @@ void ix_digest_final(const store_index *ix, uint8_t out[32])
     sha256(lanes, sizeof(lanes), out);
 }
 
+/* ---- delivery ids ---- */
+
+uint64_t ix_did_hash(const char *id, size_t len)
+{
+    uint8_t h[32];
+    sha256(id, len, h);
+    return le64(h);
+}
+
+void ix_did_add(store_index *ix, uint64_t hash, uint32_t mailbox, uint32_t uid)
+{
+    if (ix->ndids == STORE_DELIVERY_IDS_KEPT) {
+        ix->dids[ix->did_head] = (ix_did){hash, mailbox, uid};
+        ix->did_head = (ix->did_head + 1) % STORE_DELIVERY_IDS_KEPT;
+        return;
+    }
+    if (ix->ndids == ix->dids_cap) {
+        ix->dids_cap = ix->dids_cap ? ix->dids_cap * 2 : 64;
+        if (ix->dids_cap > STORE_DELIVERY_IDS_KEPT)
+            ix->dids_cap = STORE_DELIVERY_IDS_KEPT;
+        ix->dids = realloc(ix->dids, ix->dids_cap * sizeof(ix_did));
+    }
+    ix->dids[ix->ndids++] = (ix_did){hash, mailbox, uid};
+}
+
+const ix_did *ix_did_find(const store_index *ix, uint64_t hash)
+{
+    /* At most 4096 compares of one word: far below the cost of the
+     * fdatasync that every delivery pays anyway. */
+    for (uint32_t i = 0; i < ix->ndids; i++)
+        if (ix->dids[i].hash == hash)
+            return &ix->dids[i];
+    return NULL;
+}
+
+/* The i-th remembered delivery, oldest first. */
+static const ix_did *did_at(const store_index *ix, uint32_t i)
+{
+    return &ix->dids[(ix->ndids == STORE_DELIVERY_IDS_KEPT ? ix->did_head + i : i) %
+                     STORE_DELIVERY_IDS_KEPT];
+}
+
 /* ---- state ---- */
 
 void ix_init(store_index *ix)
@@ -145,6 +188,7 @@ void ix_free(store_index *ix)
         free(ix->settings[i].val);
     }
     free(ix->settings);
+    free(ix->dids);
     if (ix->map)
         munmap(ix->map, ix->maplen);
     ix_init(ix);
@@ -433,6 +477,8 @@ int ix_apply(store_index *ix, const store_record *r, hv_err *err)
         m->uidnext = r->uid + 1;
         dg_mbox(ix, m, +1);
         dg_msg(ix, m->id, r->uid, r->flags, &r->blob, +1);
+        if (r->delivery_id_len)
+            ix_did_add(ix, ix_did_hash(r->delivery_id, r->delivery_id_len), m->id, r->uid);
         break;
     case STORE_REC_FLAGS:
         apply_flags(ix, m, r);
@@ -522,6 +568,16 @@ int ix_save(const store_index *ix, const char *path, hv_err *err)
         buf_append_str(&b, ix->settings[i].val);
     }
     section_end(&b, s);
+    if (ix->ndids) {
+        s = section_begin(&b, TAG_DIDS);
+        for (uint32_t i = 0; i < ix->ndids; i++) {
+            const ix_did *d = did_at(ix, i);
+            buf_put_u64(&b, d->hash);
+            buf_put_u32(&b, d->mailbox);
+            buf_put_u32(&b, d->uid);
+        }
+        section_end(&b, s);
+    }
     for (size_t i = 0; i < ix->nmb; i++) {
         const ix_mbox *m = ix->mb[i];
         s = section_begin(&b, TAG_MBOX);
@@ -701,6 +757,17 @@ int ix_load(store_index *ix, const char *path, hv_err *err)
         case TAG_MBOX:
             ok = load_mbox(ix, &s) == 0;
             break;
+        case TAG_DIDS:
+            if (s.left % 16 || s.left / 16 > STORE_DELIVERY_IDS_KEPT || ix->ndids) {
+                ok = 0;
+                break;
+            }
+            while (s.left) {
+                uint64_t h = rd_u64(&s);
+                uint32_t mb = rd_u32(&s);
+                ix_did_add(ix, h, mb, rd_u32(&s));
+            }
+            break;
         default:
             break; /* a later version's section: skip it */
         }
@@ -764,6 +831,11 @@ int ix_compare(const store_index *a, const store_index *b, store_report_cb repor
         if ((x == NULL) != (y == NULL) || (x && strcmp(x, y) != 0))
             DIFF("%s: index: keyword bit %d differs from the log", name, i + STORE_KEYWORD_FIRST);
     }
+    int did_diff = a->ndids != b->ndids;
+    for (uint32_t i = 0; !did_diff && i < a->ndids; i++)
+        did_diff = memcmp(did_at(a, i), did_at(b, i), sizeof(ix_did)) != 0;
+    if (did_diff)
+        DIFF("%s: index: remembered delivery ids differ from the log", name);
     if (memcmp(a->digest, b->digest, sizeof(a->digest)) != 0)
         DIFF("%s: index: digest differs from the log", name);
     return diffs;

@@ -41,7 +41,8 @@ void rec_encode(buf *out, const store_record *r)
     int inline_body = r->type == STORE_REC_APPEND && r->body;
     buf_put_u8(out, (uint8_t)(inline_body ? STORE_REC_APPEND_INLINE : r->type));
     buf_put_u8(out, REC_VERSION);
-    buf_put_u16(out, 0);
+    int has_did = r->type == STORE_REC_APPEND && r->delivery_id && r->delivery_id_len;
+    buf_put_u16(out, has_did ? REC_FLAG_DELIVERY_ID : 0);
     buf_put_u32(out, r->mailbox);
     buf_put_u64(out, r->modseq);
     buf_put_u64(out, (uint64_t)r->time_ms);
@@ -63,6 +64,8 @@ void rec_encode(buf *out, const store_record *r)
         buf_put_u64(out, (uint64_t)r->internal_date);
         buf_put_u64(out, r->size);
         buf_append(out, r->blob.b, 32);
+        if (has_did)
+            put_name(out, r->delivery_id, r->delivery_id_len);
         if (inline_body)
             buf_append(out, r->body, (size_t)r->size);
         break;
@@ -132,7 +135,10 @@ int rec_decode(const uint8_t *body, size_t len, store_record *out, buf *scratch)
     out->type = rd_u8(&r);
     if (rd_u8(&r) != REC_VERSION)
         return -EINVAL;
-    rd_u16(&r);
+    uint16_t rflags = rd_u16(&r);
+    if (rflags & ~REC_FLAG_DELIVERY_ID ||
+        (rflags && out->type != STORE_REC_APPEND && out->type != STORE_REC_APPEND_INLINE))
+        return -EINVAL; /* a bit this version does not know: never guess */
     out->mailbox = rd_u32(&r);
     out->modseq = rd_u64(&r);
     out->time_ms = (int64_t)rd_u64(&r);
@@ -160,7 +166,11 @@ int rec_decode(const uint8_t *body, size_t len, store_record *out, buf *scratch)
         const uint8_t *b = rd_bytes(&r, 32);
         if (b)
             memcpy(out->blob.b, b, 32);
-        if (out->type == STORE_REC_APPEND_INLINE) {
+        if (rflags & REC_FLAG_DELIVERY_ID) {
+            bad = get_name(&r, &out->delivery_id, &out->delivery_id_len) ||
+                  out->delivery_id_len == 0 || out->delivery_id_len > STORE_DELIVERY_ID_MAX;
+        }
+        if (!bad && out->type == STORE_REC_APPEND_INLINE) {
             out->body = out->size <= REC_MAX_BODY ? rd_bytes(&r, (size_t)out->size) : NULL;
             bad = out->body == NULL;
             out->type = STORE_REC_APPEND;

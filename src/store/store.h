@@ -116,6 +116,8 @@ typedef struct store_record {
     uint64_t size;           /* APPEND */
     store_blob_id blob;      /* APPEND */
     const uint8_t *body;     /* APPEND: the body (size bytes) when it travels in the record */
+    const char *delivery_id; /* APPEND: store_append_once's id (not NUL-terminated), or NULL */
+    size_t delivery_id_len;
     uint32_t uidvalidity;    /* MAILBOX_CREATE */
     uint32_t special_use;    /* MAILBOX_CREATE */
     uint32_t keyword_bit;    /* KEYWORD */
@@ -181,6 +183,21 @@ int store_mailbox_delete(store_account *a, uint32_t id, hv_err *err);
 int store_append(store_account *a, uint32_t mailbox, const void *data, size_t len,
                  uint64_t flags, int64_t internal_date, uint32_t *uid_out, hv_err *err);
 
+/* A delivery that may be retried after a crash (LMTP from the queue): the
+ * same delivery_id never appends twice. The id (1..STORE_DELIVERY_ID_MAX
+ * printable ASCII bytes, e.g. "<queue id>-<recipient index>") travels in
+ * the APPEND record, and the account remembers the ids of its last
+ * STORE_DELIVERY_IDS_KEPT deliveries (across restarts: they are in the
+ * index checkpoint, and replay restores the rest), which covers every retry
+ * the queue makes after a crash. When the id was delivered already,
+ * nothing is written, *dup_out is 1 and *uid_out the uid it got then (the
+ * message may have been expunged since). */
+#define STORE_DELIVERY_ID_MAX 64
+#define STORE_DELIVERY_IDS_KEPT 4096
+int store_append_once(store_account *a, uint32_t mailbox, const char *delivery_id,
+                      const void *data, size_t len, uint64_t flags, int64_t internal_date,
+                      uint32_t *uid_out, int *dup_out, hv_err *err);
+
 /* Several appends made durable together (one set of syncs): import, LMTP
  * batches, replication. Add with store_batch_add, then commit. uid_out of
  * each add is filled at commit. A batch holds the account's write lock from
@@ -189,6 +206,11 @@ typedef struct store_batch store_batch;
 int store_batch_begin(store_account *a, store_batch **out, hv_err *err);
 int store_batch_add(store_batch *b, uint32_t mailbox, const void *data, size_t len,
                     uint64_t flags, int64_t internal_date, uint32_t *uid_out, hv_err *err);
+/* store_append_once inside a batch: an id delivered already (or added to
+ * this batch before) adds nothing and sets *dup_out. */
+int store_batch_add_once(store_batch *b, uint32_t mailbox, const char *delivery_id,
+                         const void *data, size_t len, uint64_t flags, int64_t internal_date,
+                         uint32_t *uid_out, int *dup_out, hv_err *err);
 int store_batch_commit(store_batch *b, hv_err *err); /* frees b */
 void store_batch_abort(store_batch *b);              /* frees b, writes nothing */
 

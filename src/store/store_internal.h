@@ -26,6 +26,8 @@
 #define REC_BODY_HDR 24          /* type, version, reserved, mailbox, modseq, time */
 #define REC_MAX_BODY (64u << 20) /* larger lengths are damage, not records */
 #define REC_VERSION 1
+/* Bits of the header's flags field (was "reserved", always 0 before). */
+#define REC_FLAG_DELIVERY_ID 0x0001 /* APPEND: a delivery id (a name) follows the blob id */
 
 /* Appends one framed record to out. r->raw, segment and offset are ignored. */
 void rec_encode(buf *out, const store_record *r);
@@ -108,6 +110,13 @@ typedef struct ix_kv {
     char *val;
 } ix_kv;
 
+/* One remembered delivery (store_append_once): the id is kept as the first
+ * 8 bytes of its SHA-256, which is all a duplicate check needs. */
+typedef struct ix_did {
+    uint64_t hash;
+    uint32_t mailbox, uid;
+} ix_did;
+
 typedef struct store_index {
     ix_mbox **mb; /* sorted by name */
     size_t nmb;
@@ -123,6 +132,10 @@ typedef struct store_index {
     /* Log position just after the last applied record, and that record. */
     uint64_t seg, off;
     uint64_t last_seg, last_off;
+    /* The last STORE_DELIVERY_IDS_KEPT delivery ids, a ring: oldest at
+     * did_head once full. Allocated on first use. */
+    ix_did *dids;
+    uint32_t ndids, dids_cap, did_head;
     void *map; /* the checkpoint the arrays may point into */
     size_t maplen;
 } store_index;
@@ -137,6 +150,9 @@ ix_mbox *ix_mbox_by_name(const store_index *ix, const char *name);
 /* Index of the first message with uid >= uid. */
 uint32_t ix_seek(const ix_mbox *m, uint32_t uid);
 void ix_digest_final(const store_index *ix, uint8_t out[32]);
+uint64_t ix_did_hash(const char *id, size_t len);
+void ix_did_add(store_index *ix, uint64_t hash, uint32_t mailbox, uint32_t uid);
+const ix_did *ix_did_find(const store_index *ix, uint64_t hash);
 int ix_save(const store_index *ix, const char *path, hv_err *err);
 /* Loads a checkpoint; -EUCLEAN (with reason) when damaged, -ENOENT if absent. */
 int ix_load(store_index *ix, const char *path, hv_err *err);

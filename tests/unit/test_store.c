@@ -1,4 +1,5 @@
 /* test_store.c - the account store: API behaviour, recovery and damage. */
+#include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -476,6 +477,91 @@ TEST(account_dir_rejects_unsafe_addresses)
     CHECK(store_account_dir("d", "a@", out, sizeof(out), &err) < 0);
 }
 
+static int count_dids(void *ctx, const store_record *r)
+{
+    if (r->type == STORE_REC_APPEND && r->delivery_id_len == 5 &&
+        memcmp(r->delivery_id, "q1-00", 5) == 0)
+        (*(int *)ctx)++;
+    return 0;
+}
+
+/* A retried delivery (the queue lost its bookkeeping in a crash) must not
+ * show the message twice, whether the retry comes before or after a
+ * reopen, a checkpoint, a rebuilt index or a large body. */
+TEST(delivery_ids_make_retries_idempotent)
+{
+    store_account *a = fresh();
+    hv_err err = {0};
+    uint32_t inbox, uid, uid2, n;
+    int dup = -1;
+    CHECK(store_mailbox_create(a, "INBOX", 0, &inbox, &err) == 0);
+    CHECK(store_append_once(a, inbox, "q1-00", "m1\r\n", 4, 0, 0, &uid, &dup, &err) == 0);
+    CHECK(dup == 0 && uid == 1);
+    CHECK(store_append_once(a, inbox, "q1-00", "m1\r\n", 4, 0, 0, &uid2, &dup, &err) == 0);
+    CHECK(dup == 1 && uid2 == 1);
+    CHECK(store_append_once(a, inbox, "q1-01", "m1\r\n", 4, 0, 0, &uid2, &dup, &err) == 0);
+    CHECK(dup == 0 && uid2 == 2);
+    CHECK(store_append_once(a, inbox, "", "x", 1, 0, 0, &uid2, &dup, &err) == -EINVAL);
+    CHECK(store_append_once(a, inbox, "bad id", "x", 1, 0, 0, &uid2, &dup, &err) == -EINVAL);
+    int seen = 0;
+    CHECK(store_changes_since(a, 0, count_dids, &seen, &err) == 0 && seen == 1);
+
+    /* A body over the inline limit takes the blob-first path. */
+    size_t big = STORE_INLINE_MAX + 100;
+    char *body = malloc(big);
+    memset(body, 'x', big);
+    memcpy(body + big - 2, "\r\n", 2);
+    CHECK(store_append_once(a, inbox, "q2-00", body, big, 0, 0, &uid, &dup, &err) == 0);
+    CHECK(dup == 0 && uid == 3);
+    CHECK(store_append_once(a, inbox, "q2-00", body, big, 0, 0, &uid, &dup, &err) == 0);
+    CHECK(dup == 1 && uid == 3);
+
+    /* Remembered across a plain reopen (replay)... */
+    CHECK((a = reopen(a)) != NULL);
+    CHECK(store_append_once(a, inbox, "q1-00", "m1\r\n", 4, 0, 0, &uid2, &dup, &err) == 0);
+    CHECK(dup == 1 && uid2 == 1);
+    /* ...and across a checkpoint, which must carry them. */
+    CHECK(store_checkpoint(a, &err) == 0);
+    CHECK((a = reopen(a)) != NULL);
+    CHECK(store_append_once(a, inbox, "q2-00", body, big, 0, 0, &uid, &dup, &err) == 0);
+    CHECK(dup == 1 && uid == 3);
+    CHECK(store_msg_count(a, inbox, &n) == 0 && n == 3);
+
+    /* Batches: a repeat inside one batch and across batches adds nothing;
+     * the ring keeps the newest STORE_DELIVERY_IDS_KEPT. */
+    store_batch *b;
+    CHECK(store_batch_begin(a, &b, &err) == 0);
+    char id[32];
+    for (int i = 0; i < STORE_DELIVERY_IDS_KEPT + 10; i++) {
+        snprintf(id, sizeof(id), "b%d", i);
+        CHECK(store_batch_add_once(b, inbox, id, "b\r\n", 3, 0, 0, NULL, &dup, &err) == 0);
+        CHECK(dup == 0);
+    }
+    CHECK(store_batch_add_once(b, inbox, "b7", "b\r\n", 3, 0, 0, NULL, &dup, &err) == 0);
+    CHECK(dup == 1);
+    CHECK(store_batch_commit(b, &err) == 0);
+    CHECK(store_msg_count(a, inbox, &n) == 0 && n == 3 + STORE_DELIVERY_IDS_KEPT + 10);
+    snprintf(id, sizeof(id), "b%d", STORE_DELIVERY_IDS_KEPT + 9);
+    CHECK(store_append_once(a, inbox, id, "b\r\n", 3, 0, 0, &uid, &dup, &err) == 0);
+    CHECK(dup == 1);
+    CHECK(store_append_once(a, inbox, "b0", "b\r\n", 3, 0, 0, &uid, &dup, &err) == 0);
+    CHECK(dup == 0); /* fell out of the ring: only the newest are kept */
+    CHECK(store_checkpoint(a, &err) == 0);
+    store_close(a);
+    CHECK(verify_problems() == 0);
+
+    /* A rebuilt index (checkpoint gone) remembers the same ids. */
+    char ix[4200];
+    snprintf(ix, sizeof(ix), "%s/index/index.ckpt", acct_dir);
+    CHECK(unlink(ix) == 0);
+    CHECK(store_open(acct_dir, "t@example.org", 0, NULL, &a, &err) == 0);
+    snprintf(id, sizeof(id), "b%d", STORE_DELIVERY_IDS_KEPT + 9);
+    CHECK(store_append_once(a, inbox, id, "b\r\n", 3, 0, 0, &uid, &dup, &err) == 0);
+    CHECK(dup == 1);
+    store_close(a);
+    free(body);
+}
+
 int main(void)
 {
     RUN(mailboxes_create_rename_delete);
@@ -491,5 +577,6 @@ int main(void)
     RUN(inline_body_mends_a_lost_blob);
     RUN(frame_image_in_a_torn_body_is_not_damage);
     RUN(account_dir_rejects_unsafe_addresses);
+    RUN(delivery_ids_make_retries_idempotent);
     return t_done();
 }
