@@ -1687,3 +1687,71 @@ long store_account_count(const char *data_dir)
     closedir(d);
     return n;
 }
+
+/* ---- replication ---- */
+
+int store_blob_import(store_account *a, const store_blob_id *id, const void *data, size_t len,
+                      hv_err *err)
+{
+    if (a->flags & STORE_OPEN_READONLY)
+        return hv_err_set(err, -EROFS, "account %s is open read-only", a->name);
+    store_blob_id got;
+    sha256(data, len, got.b);
+    if (memcmp(got.b, id->b, 32) != 0)
+        return hv_err_set(err, -EBADMSG, "account %s: received blob does not match its id",
+                          a->name);
+    return blob_write(a->dir, data, len, &got, 1, err);
+}
+
+int store_apply_frames(store_account *a, const void *frames, size_t len, hv_err *err)
+{
+    int rc = wr_begin(a, err);
+    if (rc < 0)
+        return rc;
+    /* Check everything before writing anything: a replica's log must stay
+     * a byte-exact prefix of the primary's. */
+    const uint8_t *p = frames;
+    size_t left = len;
+    uint64_t want = a->ix.modseq + 1;
+    while (left) {
+        if (left < REC_FRAME_HDR + REC_BODY_HDR) {
+            rc = hv_err_set(err, -EBADMSG, "account %s: truncated frame", a->name);
+            break;
+        }
+        uint32_t blen = le32(p);
+        if (blen > REC_MAX_BODY || blen > left - REC_FRAME_HDR ||
+            rec_crc(p, p + REC_FRAME_HDR, blen) != le32(p + 4)) {
+            rc = hv_err_set(err, -EBADMSG, "account %s: frame fails its CRC", a->name);
+            break;
+        }
+        store_record r;
+        if (rec_decode(p + REC_FRAME_HDR, blen, &r, &a->scratch) < 0 ||
+            r.type == STORE_REC_CHECKPOINT) {
+            rc = hv_err_set(err, -EBADMSG, "account %s: malformed or local record", a->name);
+            break;
+        }
+        if (r.modseq != want) {
+            rc = hv_err_set(err, -ESPIPE, "account %s: record has modseq %llu, expected %llu",
+                            a->name, (unsigned long long)r.modseq, (unsigned long long)want);
+            break;
+        }
+        if (r.type == STORE_REC_APPEND && !r.body) {
+            char path[4200];
+            struct stat st;
+            blob_path(a->dir, &r.blob, path, sizeof(path));
+            if (stat(path, &st) < 0 || (uint64_t)st.st_size != r.size) {
+                rc = hv_err_set(err, -ENOENT, "account %s: blob of modseq %llu not received",
+                                a->name, (unsigned long long)r.modseq);
+                break;
+            }
+        }
+        want++;
+        p += REC_FRAME_HDR + blen;
+        left -= REC_FRAME_HDR + blen;
+    }
+    if (rc == 0) {
+        buf b = {(uint8_t *)frames, len, len};
+        rc = wr_commit(a, &b, 1, err);
+    }
+    return wr_end(a, rc, err);
+}

@@ -279,6 +279,27 @@ void store_digest(store_account *a, uint8_t out[32]);
  * checkpoint_records records). */
 int store_checkpoint(store_account *a, hv_err *err);
 
+/* --- replication: a replica applies the primary's records as they are ---
+ *
+ * The primary reads its records with store_changes_since (r->raw, r->raw_len
+ * are the framed bytes) and ships them, with the blobs that non-inline
+ * APPENDs name, to the replica. The replica first stores those blobs with
+ * store_blob_import, then applies the frames with store_apply_frames: the
+ * same bytes, the same modseqs, so both sides reach the same digest.
+ */
+
+/* Stores a blob received from elsewhere, durably (file and folder synced),
+ * after checking that data hashes to id (-EBADMSG otherwise). */
+int store_blob_import(store_account *a, const store_blob_id *id, const void *data, size_t len,
+                      hv_err *err);
+/* Appends framed records (one or more, back to back, as yielded in
+ * store_record.raw) durably and applies them. Every frame's CRC is checked;
+ * the first must carry modseq highest+1 and each next one the next modseq
+ * (-ESPIPE otherwise: the caller resends from store_highest_modseq()+1);
+ * CHECKPOINT records are refused; an APPEND whose body is not inline needs
+ * its blob present (-ENOENT). All or nothing: on error nothing is written. */
+int store_apply_frames(store_account *a, const void *frames, size_t len, hv_err *err);
+
 /* --- offline tools (haven verify / reconstruct) --- */
 typedef void (*store_report_cb)(void *ctx, const char *problem);
 /* Checks every CRC, every blob hash and the index against the log; reports
