@@ -11,7 +11,7 @@ CC      ?= cc
 OPT     ?= -O2
 CFLAGS  += -std=c17 -D_GNU_SOURCE -g $(OPT) -Wall -Wextra -Wshadow -Wstrict-prototypes \
            -Wmissing-prototypes -Wno-missing-field-initializers -Isrc
-LDLIBS  += -levent_openssl -levent_pthreads -levent_core -lssl -lcrypto -lsqlite3 -lcrypt -lpthread
+LDLIBS  += -levent_openssl -levent_pthreads -levent_core -lssl -lcrypto -lsqlite3 -lcrypt -lresolv -lpthread
 SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
 LIB_SRC    := $(sort $(filter-out src/cmd/%,$(wildcard src/*/*.c)))
@@ -70,9 +70,18 @@ build/bench/%: bench/%.c build/libhaven.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
-build/fuzz/%: tests/fuzz/%.c $(LIB_SRC)
+# Fuzz targets link against an archive of the library built for fuzzing,
+# so each pulls in only the objects it uses.
+FUZZ_CFLAGS := -std=c17 -D_GNU_SOURCE -g -O1 -Isrc
+FUZZ_OBJ := $(LIB_SRC:src/%.c=build/fuzz/obj/%.o)
+build/fuzz/obj/%.o: src/%.c
 	@mkdir -p $(dir $@)
-	clang -std=c17 -D_GNU_SOURCE -g -O1 -Isrc -fsanitize=fuzzer,address,undefined -o $@ $^ $(LDLIBS)
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link,address,undefined -c -o $@ $<
+build/fuzz/libhaven-fuzz.a: $(FUZZ_OBJ)
+	rm -f $@ && ar rcs $@ $^
+build/fuzz/%: tests/fuzz/%.c build/fuzz/libhaven-fuzz.a
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer,address,undefined -o $@ $^ $(LDLIBS)
 
 deps:
 	@scripts/deps.sh

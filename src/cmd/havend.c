@@ -1,13 +1,12 @@
 /*
  * havend.c - the Haven daemon's master process.
  *
- * Today the master is all there is: it loads haven.conf, makes sure it is
- * the only havend of its instance (an flock on RUN_DIR/havend.pid, which
- * the kernel drops when the holder dies, so it is never stale), opens the
- * admin socket, drops privileges and serves the socket from one poll loop.
- * The services of the design (smtp, lmtp, imap, proxy, repl, http) will be
- * its supervised children; until they exist havend says so rather than
- * pretend.
+ * The master loads haven.conf, makes sure it is the only havend of its
+ * instance (an flock on RUN_DIR/havend.pid, which the kernel drops when the
+ * holder dies, so it is never stale), binds the services' ports, drops
+ * privileges, forks one supervised child per service (havend_services.c)
+ * and serves the admin socket from one poll loop. Services the design has
+ * but that are not built yet are named as such in --help and the logs.
  *
  * SECURITY: reads only its config file (trusted: owned by the operator)
  * and the admin socket (see havend_admin.c). When started as root with
@@ -74,15 +73,16 @@ static void usage(FILE *f)
           "  master       built: holds RUN_DIR/havend.pid (one havend per instance),\n"
           "               answers on RUN_DIR/admin.sock (mode 0600; 'haven status'),\n"
           "               re-reads haven.conf on SIGHUP, stops cleanly on SIGTERM\n"
-          "  smtp         coming later: MX (25), submission (587, 465), the queue\n"
-          "  lmtp         coming later: delivery into the account stores\n"
+          "  smtp         built: MX on smtp_port (25), submission on submission_port\n"
+          "               (587, STARTTLS then AUTH) and submissions_port (465, TLS);\n"
+          "               the durable queue and its delivery runner (docs/smtp.md)\n"
+          "  lmtp         built: LMTP on lmtp_port, delivery into the account stores\n"
           "  imap         built: IMAP4rev1/IMAP4rev2 on imap_port (STARTTLS) and\n"
           "               imaps_port (TLS); restarted with backoff if it dies\n"
           "  proxy        coming later: front-end IMAP and LMTP routing by the directory\n"
           "  repl         coming later: replication between primary and replica\n"
           "  http         coming later: admin API, metrics, health, status page\n"
-          "  Until those exist havend binds no mail port: the port keys in haven.conf\n"
-          "  are accepted but not used yet.\n"
+          "  A service whose ports are all 0 in haven.conf is not started.\n"
           "\n"
           "Privileges: started as root with 'user' set in haven.conf, havend binds\n"
           "what it needs, gives RUN_DIR to that user, then drops to it (its groups,\n"
@@ -412,8 +412,8 @@ int main(int argc, char **argv)
                      user, (int)geteuid());
     }
 
-    log_info("start version=%s pid=%d config=%s mode=%s admin_socket=%s running=master,imap "
-             "not_built=smtp,lmtp,proxy,repl,http",
+    log_info("start version=%s pid=%d config=%s mode=%s admin_socket=%s running=master,imap,smtp,lmtp "
+             "not_built=proxy,repl,http",
              HAVEN_VERSION, (int)d.pid, d.conf_path, d.foreground ? "foreground" : "daemon",
              sock_path);
     if (ready_fd >= 0) {

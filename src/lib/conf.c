@@ -41,7 +41,7 @@ const conf_key conf_keys[] = {
     {"smtp_client_max_sessions", "50", "SMTP connections at once from one client address"},
     {"smtp_client_max_messages_per_minute", "60000", "messages one client address may send per minute (0: no limit)"},
     {"smtp_auth_fail_delay_ms", "2000", "delay before answering a failed SMTP AUTH (grows per address)"},
-    {"smtp_workers", "4", "worker threads of the smtp service (directory, passwords, queue syncs)"},
+    {"smtp_workers", "16", "worker threads of the smtp service (directory, passwords, queue syncs)"},
     {"lmtp_workers", "8", "worker threads of the lmtp service (store writes)"},
     {"queue_lifetime", "432000", "seconds a deferred recipient is retried before a DSN goes to the sender"},
     {"queue_retry_min", "60", "first retry delay of a deferred recipient, in seconds (doubles each try)"},
@@ -51,6 +51,13 @@ const conf_key conf_keys[] = {
     {"queue_domain_concurrency", "10", "relay connections at once to one remote domain"},
     {"relay_routes", "", "static routes for outbound mail: domain=host:port, comma-separated; * matches any domain"},
     {"relay_tls", "opportunistic", "TLS for outbound relay: none, opportunistic (STARTTLS when offered) or required"},
+    {"repl_port", "0", "port the repl service listens on for replicas (0: this node serves none)"},
+    {"repl_primary", "", "HOST:PORT of the primary's repl_port; set on a replica (empty: not a replica)"},
+    {"repl_secret_file", "", "file (mode 0600) with the secret a primary and its replicas share (16-256 bytes)"},
+    {"repl_tls_ca", "", "CA file: when set, both ends of a replication link must also show a certificate it signed"},
+    {"repl_workers", "4", "worker threads of the repl service (log reads on a primary, applies on a replica)"},
+    {"repl_max_bytes_per_second", "0", "bandwidth limit of each replication link, bytes per second (0: none)"},
+    {"repl_window", "67108864", "bytes a primary sends one replica ahead of its acknowledgements"},
     {NULL, NULL, NULL},
 };
 
