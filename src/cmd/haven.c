@@ -86,12 +86,31 @@ static const haven_command commands[] = {
      "status",
      "Ask the running havend (over run/admin.sock) how it is. When havend is not\n"
      "running, says so, prints what can be seen offline and exits with status 1."},
+    {"queue", 1, 0, cmd_queue,
+     "queue list [--account A] [--recipient R] [--state S] [ID...]\n"
+     "queue show ID [--message]\n"
+     "queue hold ID... | --account A | --recipient R | --all\n"
+     "queue release ID... | --account A | --recipient R | --all\n"
+     "queue flush [ID... | --account A | --recipient R]\n"
+     "queue delete ID... | --recipient R | --account A",
+     "Inspect and steer the SMTP queue: through the running smtp service, or on\n"
+     "the queue folder itself when havend is not running. 'list' prints one line\n"
+     "per message, TAB-separated: id, arrival (UTC), size, sender (<> for none),\n"
+     "then one field per recipient: 'ADDRESS STATE[ REASON]' (STATE: ready,\n"
+     "deferred, held, delivered, bounced, deleted); the filters keep messages\n"
+     "with a matching recipient. 'hold' keeps recipients until 'release' (held\n"
+     "mail never expires); 'release' delivers held mail in arrival order; 'flush'\n"
+     "retries deferred recipients now; 'delete' drops messages or recipients\n"
+     "without a bounce. More: docs/queue.md."},
     /* Named by the design's operator contract; later issues build them. */
-    {"queue", 1, 0, NULL,
-     "queue list | show ID | hold ID | release ID | flush | delete ID",
-     "Inspect and steer the SMTP queue."},
-    {"replcheck", 1, 0, NULL, "replcheck",
-     "Compare every account's digest on its primary and replica."},
+    {"replcheck", 1, 0, cmd_replcheck,
+     "replcheck [ACCOUNT | --store STORE]\n"
+     "replcheck --status",
+     "On a primary: compare each account's digest with every connected replica's\n"
+     "(at the same modseq; a replica catching up is waited for briefly). Prints\n"
+     "each account that differs with the first modseq where the logs part, then a\n"
+     "summary; exit status 1 when any differs. --status shows the replication\n"
+     "links, lag per store and account, and bytes/s. See docs/replication.md."},
     {"promote", 1, 0, NULL, "promote STORE",
      "Make the replica STORE the primary (failover), bumping its epoch."},
     {"move", 1, 0, NULL, "move ACCOUNT --to STORE",

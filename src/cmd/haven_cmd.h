@@ -26,6 +26,8 @@ int cmd_export(haven_ctx *ctx, int argc, char **argv);      /* haven_export.c */
 int cmd_verify(haven_ctx *ctx, int argc, char **argv);      /* haven_verify.c */
 int cmd_reconstruct(haven_ctx *ctx, int argc, char **argv); /* haven_verify.c */
 int cmd_status(haven_ctx *ctx, int argc, char **argv);      /* haven_status.c */
+int cmd_replcheck(haven_ctx *ctx, int argc, char **argv);   /* haven_replcheck.c */
+int cmd_queue(haven_ctx *ctx, int argc, char **argv);       /* haven_queue.c */
 
 /* Prints "haven: <reason>" to stderr and returns 1 (for one-line failures). */
 int cmd_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -25,17 +25,26 @@
 #include "cmd/havend.h"
 #include "imap/imap.h"
 #include "lib/log.h"
+#include "repl/repl.h"
+#include "smtp/smtp.h"
+
+#define SERVICE_FDS 3
 
 typedef struct service {
     const char *name;
-    int fds[2];
+    int fds[SERVICE_FDS]; /* listening sockets, -1 when a port is disabled */
     pid_t pid;
     int64_t started_ms, restart_at_ms;
     unsigned backoff_ms;
 } service;
 
+enum { SV_IMAP, SV_SMTP, SV_LMTP, SV_REPL };
+
 static service services[] = {
-    {"imap", {-1, -1}, 0, 0, 0, 1000},
+    [SV_IMAP] = {"imap", {-1, -1, -1}, 0, 0, 0, 1000},
+    [SV_SMTP] = {"smtp", {-1, -1, -1}, 0, 0, 0, 1000},
+    [SV_LMTP] = {"lmtp", {-1, -1, -1}, 0, 0, 0, 1000},
+    [SV_REPL] = {"repl", {-1, -1, -1}, 0, 0, 0, 1000},
 };
 #define NSERVICES (sizeof(services) / sizeof(services[0]))
 
@@ -76,20 +85,47 @@ static int bind_port(const char *addr, long port, hv_err *err)
 
 int havend_services_bind(havend *d, hv_err *err)
 {
+    static const struct {
+        int service, slot;
+        const char *key;
+    } ports[] = {
+        {SV_IMAP, 0, "imap_port"},       {SV_IMAP, 1, "imaps_port"},
+        {SV_SMTP, 0, "smtp_port"},       {SV_SMTP, 1, "submission_port"},
+        {SV_SMTP, 2, "submissions_port"}, {SV_LMTP, 0, "lmtp_port"},
+        {SV_REPL, 0, "repl_port"},
+    };
     const char *addr = conf_get(d->conf, "listen");
-    service *imap = &services[0];
-    imap->fds[0] = bind_port(addr, conf_get_int(d->conf, "imap_port"), err);
-    if (imap->fds[0] == -2)
-        return -1;
-    imap->fds[1] = bind_port(addr, conf_get_int(d->conf, "imaps_port"), err);
-    if (imap->fds[1] == -2)
-        return -1;
+    for (size_t i = 0; i < sizeof(ports) / sizeof(ports[0]); i++) {
+        int fd = bind_port(addr, conf_get_int(d->conf, ports[i].key), err);
+        if (fd == -2)
+            return -1;
+        services[ports[i].service].fds[ports[i].slot] = fd;
+    }
     return 0;
+}
+
+/* The child's work: runs the service on its inherited sockets. */
+static int run_service(havend *d, service *sv, hv_err *err)
+{
+    if (sv == &services[SV_SMTP])
+        return smtp_service_run(d->conf, sv->fds[0], sv->fds[1], sv->fds[2], err);
+    if (sv == &services[SV_LMTP])
+        return lmtp_service_run(d->conf, sv->fds[0], err);
+    if (sv == &services[SV_REPL])
+        return repl_service_run(d->conf, sv->fds[0], err);
+    return imap_service_run(d->conf, sv->fds[0], sv->fds[1], err);
 }
 
 static void start_one(havend *d, service *sv)
 {
-    if (sv->fds[0] < 0 && sv->fds[1] < 0)
+    int any = 0;
+    for (int k = 0; k < SERVICE_FDS; k++)
+        if (sv->fds[k] >= 0)
+            any = 1;
+    /* A replica listens on no port but still runs repl (it dials out). */
+    if (sv == &services[SV_REPL])
+        any = repl_configured(d->conf);
+    if (!any)
         return;
     pid_t pid = fork();
     if (pid < 0) {
@@ -110,12 +146,12 @@ static void start_one(havend *d, service *sv)
         signal(SIGCHLD, SIG_DFL);
         for (size_t i = 0; i < NSERVICES; i++)
             if (&services[i] != sv)
-                for (int k = 0; k < 2; k++)
+                for (int k = 0; k < SERVICE_FDS; k++)
                     if (services[i].fds[k] >= 0)
                         close(services[i].fds[k]);
         log_init(sv->name, !d->foreground, LOG_LVL_INFO);
         hv_err err = {0};
-        int rc = imap_service_run(d->conf, sv->fds[0], sv->fds[1], &err);
+        int rc = run_service(d, sv, &err);
         if (rc < 0)
             log_error("service=%s failed reason=\"%s\"", sv->name, err.msg);
         _exit(rc < 0 ? 1 : 0);

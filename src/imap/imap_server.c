@@ -15,7 +15,6 @@
 #include <event2/listener.h>
 #include <event2/thread.h>
 #include <fcntl.h>
-#include <openssl/err.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,6 +24,7 @@
 
 #include "imap/imap_internal.h"
 #include "lib/log.h"
+#include "lib/tls.h"
 
 void imap_session_accept(imap_server *srv, int fd, int tls);
 void imap_session_run(imap_session *s);
@@ -237,33 +237,6 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     event_base_loopbreak(srv->base);
 }
 
-static SSL_CTX *tls_context(const conf *c, hv_err *err)
-{
-    char cert[4096], key[4096];
-    conf_path(c, "tls_cert", cert, sizeof(cert));
-    conf_path(c, "tls_key", key, sizeof(key));
-    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
-    if (!ctx) {
-        hv_err_set(err, -ENOMEM, "TLS: cannot create context");
-        return NULL;
-    }
-    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
-    /* Idle connections are most connections: give their record buffers
-     * (some 34 KiB each) back while they have nothing to read or write. */
-    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
-    if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1 ||
-        SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1 ||
-        SSL_CTX_check_private_key(ctx) != 1) {
-        char e[256];
-        ERR_error_string_n(ERR_get_error(), e, sizeof(e));
-        hv_err_set(err, -EINVAL, "TLS: cannot load %s / %s: %s", cert, key, e);
-        SSL_CTX_free(ctx);
-        return NULL;
-    }
-    return ctx;
-}
-
 int imap_service_run(const conf *c, int fd_plain, int fd_tls, hv_err *err)
 {
     static imap_server srv_store;
@@ -285,7 +258,7 @@ int imap_service_run(const conf *c, int fd_plain, int fd_tls, hv_err *err)
     srv->lim.auth_fail_delay_ms = (unsigned)conf_get_int(c, "imap_auth_fail_delay_ms");
     signal(SIGPIPE, SIG_IGN);
     evthread_use_pthreads();
-    srv->ssl = tls_context(c, err);
+    srv->ssl = tls_server_context(c, err);
     if (!srv->ssl)
         return -EINVAL;
     srv->base = event_base_new();

@@ -58,6 +58,10 @@ const conf_key conf_keys[] = {
     {"repl_workers", "4", "worker threads of the repl service (log reads on a primary, applies on a replica)"},
     {"repl_max_bytes_per_second", "0", "bandwidth limit of each replication link, bytes per second (0: none)"},
     {"repl_window", "67108864", "bytes a primary sends one replica ahead of its acknowledgements"},
+    {"repl_mode", "async", "async, or sync: a write's OK waits until repl_sync_replicas replicas hold it"},
+    {"repl_sync_replicas", "1", "replicas that must acknowledge a write in sync mode"},
+    {"repl_sync_timeout_ms", "5000", "how long a write waits for replicas in sync mode before repl_sync_on_timeout applies"},
+    {"repl_sync_on_timeout", "async", "after a sync timeout: async (degrade, raise an alarm, writes go on) or refuse (writes fail until replicas are back)"},
     {NULL, NULL, NULL},
 };
 

@@ -1,0 +1,22 @@
+/*
+ * tls.h - the TLS server context every service uses (imap, smtp).
+ *
+ * One place decides protocol versions and options and loads the
+ * certificate chain and key named by tls_cert / tls_key in haven.conf, so
+ * the services cannot drift apart (and reloading on change, coming later,
+ * has one place to live).
+ */
+#ifndef HV_TLS_H
+#define HV_TLS_H
+
+#include <openssl/ssl.h>
+
+#include "lib/conf.h"
+#include "lib/err.h"
+
+/* A server context: TLS 1.2 and later, no compression or renegotiation,
+ * record buffers released while idle. NULL with the reason in err when the
+ * certificate or key cannot be loaded or do not match. */
+SSL_CTX *tls_server_context(const conf *c, hv_err *err);
+
+#endif

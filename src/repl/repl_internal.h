@@ -1,0 +1,77 @@
+/*
+ * repl_internal.h - what the files of the repl service share.
+ *
+ * repl.c owns the process (config, TLS contexts, the control socket) and
+ * hands over to repl_primary.c or repl_replica.c. Each side keeps its
+ * state behind one mutex; slow work (store reads, fsyncs, network waits)
+ * happens outside it on worker threads.
+ */
+#ifndef HV_REPL_INTERNAL_H
+#define HV_REPL_INTERNAL_H
+
+#include <openssl/ssl.h>
+#include <stdint.h>
+
+#include "lib/buf.h"
+#include "lib/conf.h"
+#include "repl/repl_link.h"
+#include "store/store.h"
+
+typedef struct repl_cfg {
+    const conf *c;
+    char data_dir[4096];
+    char store_name[REPL_STORE_NAME_MAX + 1];
+    uint8_t secret[256];
+    size_t secret_len;
+    SSL_CTX *server_ssl, *client_ssl;
+    unsigned workers;
+    uint64_t rate;          /* bytes/s, 0 unlimited */
+    uint64_t window;        /* unacked bytes per replica link */
+    char primary_host[256];
+    char primary_port[16];
+    store_options sopt;
+    int sync;               /* repl_mode = sync */
+    unsigned sync_k;        /* repl_sync_replicas */
+    int sync_timeout_ms;
+    int sync_refuse;        /* repl_sync_on_timeout = refuse */
+} repl_cfg;
+
+/* Primary side (repl_primary.c). */
+int repl_primary_start(repl_cfg *cfg, int fd_listen, hv_err *err);
+void repl_primary_stop(void);
+void repl_primary_status(buf *out);
+/* Writes the replcheck report for one account (NULL: all) into out;
+ * returns how many accounts differ (>= 0) or -errno. */
+int repl_primary_replcheck(const char *account, buf *out, hv_err *err);
+
+/* Sync mode: waits until cfg->sync_k replicas have acknowledged modseq of
+ * account. 0: they have; 1: the store is degraded to async (why says
+ * since when and why; the write stands); -EAGAIN: refused by policy. */
+int repl_primary_wait(const char *account, uint64_t modseq, char *why, size_t whylen);
+
+/* Replica side (repl_replica.c). */
+int repl_replica_start(repl_cfg *cfg, hv_err *err);
+void repl_replica_stop(void);
+void repl_replica_status(buf *out);
+
+/* Shared helpers (repl.c). */
+/* CRC of the record with this modseq (0 when modseq is 0); -ENOENT when
+ * the log has no such record. */
+int repl_record_crc(store_account *st, uint64_t modseq, uint32_t *crc, hv_err *err);
+/* Calls cb for each account folder under data_dir/accounts (name is
+ * local@domain, dir its folder). */
+typedef void (*repl_account_cb)(void *ctx, const char *name, const char *dir);
+void repl_scan_accounts(const char *data_dir, repl_account_cb cb, void *ctx);
+
+/* repl_tail.c: records with modseq in (since, upto] read from the log
+ * position (seg, off) where the record `since` ends. 0 done, 1 stopped by
+ * cb, -ESTALE when the position does not continue as expected (then use
+ * store_changes_since). */
+int repl_tail_read(const char *acct_dir, uint64_t seg, uint64_t off, uint64_t since,
+                   uint64_t upto, store_record_cb cb, void *ctx, hv_err *err);
+/* fdatasync of the account's newest log segment (at or after hint_seg when
+ * that is not 0): whatever a reader saw before the call is durable after
+ * it, so a replica never holds a record the primary could still lose. */
+int repl_sync_log(const char *acct_dir, uint64_t hint_seg, hv_err *err);
+
+#endif

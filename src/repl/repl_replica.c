@@ -1,0 +1,620 @@
+/*
+ * repl_replica.c - the replica side of replication.
+ *
+ * A connector thread dials the primary (repl_primary), authenticates and
+ * keeps the link up, redialling with backoff after any failure. The link's
+ * I/O thread files each message under its account, in order; a pool of
+ * workers applies them, one account per worker at a time, so a slow fsync
+ * on one account never holds up another:
+ *   ACCOUNT     open (create) the account, answer POSITION: the highest
+ *               modseq this store holds durably and that record's CRC;
+ *   BLOB        collect the chunks, then store_blob_import (synced);
+ *   FRAMES      collect, then one store_apply_frames for everything that
+ *               is waiting (checked whole, then one fdatasync), then ACK
+ *               the account's highest modseq, which is now durable;
+ *   DIGEST_REQ, CRCS_REQ   answers for replcheck, after applying.
+ * When an account fails (a gap, a bad frame, a full disk) the replica says
+ * ERROR and ignores that account's messages until the primary asks again
+ * (ACCOUNT), which resumes from what is durable here. Nothing already
+ * written is ever rewritten: a replica's log stays a prefix of the
+ * primary's or replication of that account stops.
+ *
+ * SECURITY: only an authenticated primary gets here; still, every message
+ * is checked (account names by the parser, frames by store_apply_frames,
+ * blobs by their hash) and pending data per link is capped.
+ */
+#include <errno.h>
+#include <netdb.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "lib/log.h"
+#include "repl/repl_internal.h"
+
+#define APPLY_MAX (16u << 20)       /* frames applied in one go */
+#define PENDING_MAX (512ull << 20)  /* more than any window: a broken primary */
+#define OPEN_MAX 256
+
+typedef struct ritem {
+    struct ritem *next;
+    uint8_t type;
+    uint64_t a, b;
+    uint32_t u32;
+    uint8_t id[32];
+    size_t len;
+    uint8_t data[];
+} ritem;
+
+typedef struct racct {
+    char name[REPL_ACCOUNT_MAX + 1];
+    store_account *st;
+    ritem *head, *tail;
+    size_t pending;
+    int queued, in_work, failed;
+    struct racct *hnext, *qnext;
+    /* blob being collected */
+    uint8_t blob_id[32];
+    uint64_t blob_size;
+    buf blob;
+    int blob_active;
+    uint64_t expect; /* next modseq this account may receive */
+    uint64_t applied_records;
+} racct;
+
+static struct {
+    repl_cfg *cfg;
+    pthread_mutex_t mu;
+    pthread_cond_t work_cv, idle_cv, link_cv;
+    racct **hash;
+    size_t hcap, n;
+    racct *qhead, *qtail;
+    repl_link *link;
+    int link_dead;
+    int running;
+    uint64_t pending;
+    int stopping;
+    int open_count;
+    pthread_t connector, *workers;
+    char state[200];
+    int64_t connected_ms;
+    uint64_t records_applied, blobs_imported, acks_sent;
+} R;
+
+static uint64_t name_hash(const char *s)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (; *s; s++)
+        h = (h ^ (uint8_t)*s) * 1099511628211ull;
+    return h;
+}
+
+/* Under R.mu. */
+static racct *get_acct(const char *name)
+{
+    if (!R.hcap) {
+        R.hcap = 1024;
+        R.hash = calloc(R.hcap, sizeof(*R.hash));
+    }
+    size_t h = name_hash(name) & (R.hcap - 1);
+    for (racct *a = R.hash[h]; a; a = a->hnext)
+        if (strcmp(a->name, name) == 0)
+            return a;
+    racct *a = calloc(1, sizeof(*a));
+    snprintf(a->name, sizeof(a->name), "%s", name);
+    buf_init(&a->blob);
+    a->hnext = R.hash[h];
+    R.hash[h] = a;
+    R.n++;
+    return a;
+}
+
+static void enqueue(racct *a)
+{
+    if (a->queued || a->in_work)
+        return;
+    a->queued = 1;
+    a->qnext = NULL;
+    if (R.qtail)
+        R.qtail->qnext = a;
+    else
+        R.qhead = a;
+    R.qtail = a;
+    pthread_cond_signal(&R.work_cv);
+}
+
+static void on_msg(void *ctx, repl_link *l, const repl_msg *m)
+{
+    (void)ctx;
+    switch (m->type) {
+    case REPL_ACCOUNT:
+    case REPL_BLOB:
+    case REPL_FRAMES:
+    case REPL_DIGEST_REQ:
+    case REPL_CRCS_REQ:
+        break;
+    case REPL_ERROR:
+        log_warn("repl: primary_error account=%.*s reason=\"%.*s\"", (int)m->account_len,
+                 m->account, (int)m->text_len, m->text);
+        return;
+    default:
+        repl_link_shutdown(l, "primary sent a message only a replica sends");
+        return;
+    }
+    char name[REPL_ACCOUNT_MAX + 1];
+    repl_msg_account(m, name);
+    ritem *it = malloc(sizeof(*it) + m->data_len);
+    if (!it)
+        abort();
+    it->next = NULL;
+    it->type = (uint8_t)m->type;
+    it->a = m->a;
+    it->b = m->b;
+    it->u32 = m->u32;
+    if (m->bytes32)
+        memcpy(it->id, m->bytes32, 32);
+    it->len = m->data_len;
+    if (m->data_len)
+        memcpy(it->data, m->data, m->data_len);
+    pthread_mutex_lock(&R.mu);
+    if (R.pending + m->data_len > PENDING_MAX) {
+        pthread_mutex_unlock(&R.mu);
+        free(it);
+        repl_link_shutdown(l, "primary sent more than any window allows");
+        return;
+    }
+    racct *a = get_acct(name);
+    if (a->tail)
+        a->tail->next = it;
+    else
+        a->head = it;
+    a->tail = it;
+    a->pending += m->data_len;
+    R.pending += m->data_len;
+    enqueue(a);
+    pthread_mutex_unlock(&R.mu);
+}
+
+static void on_closed(void *ctx, repl_link *l, const char *reason)
+{
+    (void)ctx;
+    (void)l;
+    pthread_mutex_lock(&R.mu);
+    R.link_dead = 1;
+    snprintf(R.state, sizeof(R.state), "down: %.150s", reason);
+    pthread_cond_broadcast(&R.link_cv);
+    pthread_mutex_unlock(&R.mu);
+    log_warn("repl: link_down primary=%s:%s reason=\"%s\"", R.cfg->primary_host,
+             R.cfg->primary_port, reason);
+}
+
+/* ---- applying ---- */
+
+typedef struct apply {
+    racct *a;
+    repl_link *link;
+    buf frames, msg;
+    uint64_t last;
+    hv_err err;
+} apply;
+
+typedef struct crc_collect {
+    uint32_t *crcs;
+    uint32_t n, max;
+} crc_collect;
+
+static int crc_cb(void *ctx, const store_record *r)
+{
+    crc_collect *c = ctx;
+    c->crcs[c->n++] = le32(r->raw + 4);
+    return c->n >= c->max;
+}
+
+static int open_acct(racct *a, hv_err *err)
+{
+    if (a->st)
+        return store_refresh(a->st, err);
+    char dir[4400];
+    int rc = store_account_dir(R.cfg->data_dir, a->name, dir, sizeof(dir), err);
+    if (rc == 0)
+        rc = store_open(dir, a->name, STORE_OPEN_CREATE, &R.cfg->sopt, &a->st, err);
+    if (rc == 0) {
+        pthread_mutex_lock(&R.mu);
+        R.open_count++;
+        pthread_mutex_unlock(&R.mu);
+    }
+    return rc;
+}
+
+static void reply(apply *x)
+{
+    repl_link_send(x->link, &x->msg, 0);
+    buf_reset(&x->msg);
+}
+
+static int flush(apply *x)
+{
+    if (!x->frames.len)
+        return 0;
+    int rc = store_apply_frames(x->a->st, x->frames.data, x->frames.len, &x->err);
+    if (rc < 0)
+        return rc;
+    uint64_t n = x->last - (x->a->expect - 1);
+    pthread_mutex_lock(&R.mu);
+    R.records_applied += n;
+    R.acks_sent++;
+    pthread_mutex_unlock(&R.mu);
+    x->a->expect = x->last + 1;
+    buf_reset(&x->frames);
+    repl_build_ack(&x->msg, x->a->name, store_highest_modseq(x->a->st));
+    reply(x);
+    return 0;
+}
+
+static int do_item(apply *x, const ritem *it)
+{
+    racct *a = x->a;
+    int rc;
+    uint64_t want;
+    switch (it->type) {
+    case REPL_ACCOUNT: {
+        buf_reset(&x->frames);
+        a->failed = 0;
+        a->blob_active = 0;
+        buf_free(&a->blob);
+        if ((rc = open_acct(a, &x->err)) < 0)
+            return rc;
+        uint64_t hi = store_highest_modseq(a->st);
+        uint32_t crc = 0;
+        if ((rc = repl_record_crc(a->st, hi, &crc, &x->err)) < 0)
+            return rc;
+        a->expect = hi + 1;
+        repl_build_position(&x->msg, a->name, hi, crc);
+        reply(x);
+        return 0;
+    }
+    case REPL_BLOB:
+        if (it->b == 0) {
+            buf_reset(&a->blob);
+            memcpy(a->blob_id, it->id, 32);
+            a->blob_size = it->a;
+            a->blob_active = 1;
+            buf_reserve(&a->blob, (size_t)it->a);
+        } else if (!a->blob_active || memcmp(a->blob_id, it->id, 32) != 0 ||
+                   it->b != a->blob.len || it->a != a->blob_size) {
+            return hv_err_set(&x->err, -EPROTO, "account %s: blob chunk out of order", a->name);
+        }
+        buf_append(&a->blob, it->data, it->len);
+        if (a->blob.len == a->blob_size) {
+            store_blob_id id;
+            memcpy(id.b, a->blob_id, 32);
+            if ((rc = open_acct(a, &x->err)) < 0)
+                return rc;
+            if ((rc = store_blob_import(a->st, &id, a->blob.data, a->blob.len, &x->err)) < 0)
+                return rc;
+            a->blob_active = 0;
+            buf_free(&a->blob);
+            pthread_mutex_lock(&R.mu);
+            R.blobs_imported++;
+            pthread_mutex_unlock(&R.mu);
+        }
+        return 0;
+    case REPL_FRAMES:
+        want = x->frames.len ? x->last + 1 : a->expect;
+        if (!a->st || it->a != want)
+            return hv_err_set(&x->err, -ESPIPE, "account %s: frames from modseq %llu, expected "
+                              "%llu", a->name, (unsigned long long)it->a,
+                              (unsigned long long)want);
+        buf_append(&x->frames, it->data, it->len);
+        x->last = it->b;
+        if (x->frames.len >= APPLY_MAX)
+            return flush(x);
+        return 0;
+    case REPL_DIGEST_REQ: {
+        if ((rc = flush(x)) < 0)
+            return rc;
+        uint8_t d[32] = {0};
+        uint64_t hi = 0;
+        int exists = 0;
+        if (!a->st) {
+            char dir[4400];
+            store_account *st;
+            if (store_account_dir(R.cfg->data_dir, a->name, dir, sizeof(dir), &x->err) == 0 &&
+                store_open(dir, a->name, STORE_OPEN_READONLY, &R.cfg->sopt, &st, &x->err) == 0) {
+                exists = 1;
+                hi = store_highest_modseq(st);
+                store_digest(st, d);
+                store_close(st);
+            }
+        } else {
+            if ((rc = store_refresh(a->st, &x->err)) < 0)
+                return rc;
+            exists = 1;
+            hi = store_highest_modseq(a->st);
+            store_digest(a->st, d);
+        }
+        repl_build_digest(&x->msg, a->name, it->a, hi, exists, d);
+        reply(x);
+        return 0;
+    }
+    case REPL_CRCS_REQ: {
+        if ((rc = flush(x)) < 0)
+            return rc;
+        crc_collect c = {.crcs = malloc(it->u32 * sizeof(uint32_t)), .max = it->u32};
+        if (a->st || open_acct(a, &x->err) == 0)
+            rc = store_changes_since(a->st, it->b - 1, crc_cb, &c, &x->err);
+        if (rc >= 0) {
+            repl_build_crcs(&x->msg, a->name, it->a, it->b, c.crcs, c.n);
+            reply(x);
+        }
+        free(c.crcs);
+        return rc < 0 ? rc : 0;
+    }
+    }
+    return 0;
+}
+
+static void run_account(racct *a)
+{
+    pthread_mutex_lock(&R.mu);
+    ritem *items = a->head;
+    a->head = a->tail = NULL;
+    size_t bytes = a->pending;
+    a->pending = 0;
+    a->queued = 0;
+    if (!R.link || R.link_dead) {
+        /* The link these came from is gone; the next one starts over. */
+        R.pending -= bytes;
+        pthread_mutex_unlock(&R.mu);
+        while (items) {
+            ritem *next = items->next;
+            free(items);
+            items = next;
+        }
+        return;
+    }
+    a->in_work = 1;
+    R.running++;
+    apply x = {.a = a, .link = R.link};
+    pthread_mutex_unlock(&R.mu);
+    buf_init(&x.frames);
+    buf_init(&x.msg);
+    int rc = 0;
+    for (ritem *it = items; it; it = it->next) {
+        if (it->type == REPL_ACCOUNT)
+            rc = 0;
+        else if (a->failed || rc < 0)
+            continue;
+        rc = do_item(&x, it);
+        if (rc < 0) {
+            buf_reset(&x.frames);
+            a->failed = 1;
+            log_error("repl: account=%s apply_failed reason=\"%s\"", a->name, x.err.msg);
+            repl_build_error(&x.msg, a->name, rc, x.err.msg);
+            reply(&x);
+        }
+    }
+    if (!a->failed && flush(&x) < 0) {
+        a->failed = 1;
+        log_error("repl: account=%s apply_failed reason=\"%s\"", a->name, x.err.msg);
+        repl_build_error(&x.msg, a->name, -EIO, x.err.msg);
+        reply(&x);
+    }
+    while (items) {
+        ritem *next = items->next;
+        free(items);
+        items = next;
+    }
+    buf_free(&x.frames);
+    buf_free(&x.msg);
+    pthread_mutex_lock(&R.mu);
+    R.pending -= bytes;
+    R.running--;
+    a->in_work = 0;
+    int close_it = 0;
+    if (a->head)
+        enqueue(a);
+    else if (a->st && R.open_count > OPEN_MAX && !a->blob_active) {
+        close_it = 1;
+        R.open_count--;
+    }
+    pthread_cond_broadcast(&R.idle_cv);
+    pthread_mutex_unlock(&R.mu);
+    if (close_it) {
+        store_close(a->st);
+        a->st = NULL;
+    }
+}
+
+static void *worker_main(void *arg)
+{
+    (void)arg;
+    for (;;) {
+        pthread_mutex_lock(&R.mu);
+        while (!R.qhead && !R.stopping)
+            pthread_cond_wait(&R.work_cv, &R.mu);
+        if (R.stopping) {
+            pthread_mutex_unlock(&R.mu);
+            return NULL;
+        }
+        racct *a = R.qhead;
+        R.qhead = a->qnext;
+        if (!R.qhead)
+            R.qtail = NULL;
+        pthread_mutex_unlock(&R.mu);
+        run_account(a);
+    }
+}
+
+/* ---- the connection ---- */
+
+static int dial(int *fd_out, hv_err *err)
+{
+    struct addrinfo hints = {0}, *res, *ai;
+    hints.ai_socktype = SOCK_STREAM;
+    int rc = getaddrinfo(R.cfg->primary_host, R.cfg->primary_port, &hints, &res);
+    if (rc != 0)
+        return hv_err_set(err, -EHOSTUNREACH, "primary %s:%s: %s", R.cfg->primary_host,
+                          R.cfg->primary_port, gai_strerror(rc));
+    int fd = -1;
+    for (ai = res; ai; ai = ai->ai_next) {
+        fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            continue;
+        struct timeval tv = {10, 0};
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+        if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
+            break;
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    if (fd < 0)
+        return hv_err_sys(err, "connect to primary %s:%s", R.cfg->primary_host,
+                          R.cfg->primary_port);
+    *fd_out = fd;
+    return 0;
+}
+
+/* Drops what the old link queued: the primary re-asks every account on the
+ * next link and resumes from what is durable. Under R.mu. */
+static void drop_pending(void)
+{
+    for (size_t h = 0; h < R.hcap; h++)
+        for (racct *a = R.hash[h]; a; a = a->hnext) {
+            while (a->head) {
+                ritem *next = a->head->next;
+                free(a->head);
+                a->head = next;
+            }
+            a->tail = NULL;
+            R.pending -= a->pending;
+            a->pending = 0;
+            a->queued = 0;
+            a->failed = 1; /* until the new link's ACCOUNT */
+            a->blob_active = 0;
+        }
+    R.qhead = R.qtail = NULL;
+}
+
+static void *connector_main(void *arg)
+{
+    (void)arg;
+    unsigned backoff = 1000;
+    for (;;) {
+        pthread_mutex_lock(&R.mu);
+        if (R.stopping) {
+            pthread_mutex_unlock(&R.mu);
+            return NULL;
+        }
+        pthread_mutex_unlock(&R.mu);
+        hv_err err = {0};
+        int fd = -1;
+        repl_link *l = NULL;
+        int rc = dial(&fd, &err);
+        if (rc == 0) {
+            repl_link_opts o = {
+                .ssl = R.cfg->client_ssl,
+                .is_server = 0,
+                .role = REPL_ROLE_REPLICA,
+                .secret = R.cfg->secret,
+                .secret_len = R.cfg->secret_len,
+                .store = R.cfg->store_name,
+                .rate_bytes_per_s = R.cfg->rate,
+                .handshake_ms = 10000,
+            };
+            rc = repl_link_handshake(fd, &o, &l, &err);
+        }
+        if (rc < 0) {
+            pthread_mutex_lock(&R.mu);
+            snprintf(R.state, sizeof(R.state), "connecting: %.160s", err.msg);
+            struct timespec dl;
+            clock_gettime(CLOCK_REALTIME, &dl);
+            dl.tv_sec += backoff / 1000;
+            if (!R.stopping)
+                pthread_cond_timedwait(&R.link_cv, &R.mu, &dl);
+            pthread_mutex_unlock(&R.mu);
+            log_warn("repl: connect_failed primary=%s:%s reason=\"%s\" retry_in_ms=%u",
+                     R.cfg->primary_host, R.cfg->primary_port, err.msg, backoff);
+            backoff = backoff >= 16000 ? 30000 : backoff * 2;
+            continue;
+        }
+        backoff = 1000;
+        pthread_mutex_lock(&R.mu);
+        R.link = l;
+        R.link_dead = 0;
+        R.connected_ms = repl_wall_ms();
+        snprintf(R.state, sizeof(R.state), "up");
+        pthread_mutex_unlock(&R.mu);
+        log_info("repl: link_up primary=%s:%s store=%s", R.cfg->primary_host,
+                 R.cfg->primary_port, repl_link_peer_store(l));
+        repl_link_start(l, on_msg, on_closed, NULL);
+        pthread_mutex_lock(&R.mu);
+        while (!R.link_dead && !R.stopping)
+            pthread_cond_wait(&R.link_cv, &R.mu);
+        pthread_mutex_unlock(&R.mu);
+        repl_link_shutdown(l, "replica stopping");
+        /* Wait for the workers to let go of the link before freeing it. */
+        pthread_mutex_lock(&R.mu);
+        drop_pending();
+        while (R.running)
+            pthread_cond_wait(&R.idle_cv, &R.mu);
+        drop_pending();
+        R.link = NULL;
+        pthread_mutex_unlock(&R.mu);
+        repl_link_free(l);
+    }
+}
+
+int repl_replica_start(repl_cfg *cfg, hv_err *err)
+{
+    (void)err;
+    memset(&R, 0, sizeof(R));
+    R.cfg = cfg;
+    pthread_mutex_init(&R.mu, NULL);
+    pthread_cond_init(&R.work_cv, NULL);
+    pthread_cond_init(&R.idle_cv, NULL);
+    pthread_cond_init(&R.link_cv, NULL);
+    snprintf(R.state, sizeof(R.state), "connecting");
+    R.workers = calloc(cfg->workers, sizeof(pthread_t));
+    for (unsigned i = 0; i < cfg->workers; i++)
+        pthread_create(&R.workers[i], NULL, worker_main, NULL);
+    pthread_create(&R.connector, NULL, connector_main, NULL);
+    log_info("repl: replica ready store=%s primary=%s:%s workers=%u", cfg->store_name,
+             cfg->primary_host, cfg->primary_port, cfg->workers);
+    return 0;
+}
+
+void repl_replica_stop(void)
+{
+    pthread_mutex_lock(&R.mu);
+    R.stopping = 1;
+    pthread_cond_broadcast(&R.work_cv);
+    pthread_cond_broadcast(&R.link_cv);
+    pthread_mutex_unlock(&R.mu);
+    for (unsigned i = 0; i < R.cfg->workers; i++)
+        pthread_join(R.workers[i], NULL);
+    pthread_join(R.connector, NULL);
+}
+
+void repl_replica_status(buf *o)
+{
+    pthread_mutex_lock(&R.mu);
+    buf_printf(o, "role: replica\nstore: %s\nprimary: %s:%s\nlink: %s\n", R.cfg->store_name,
+               R.cfg->primary_host, R.cfg->primary_port, R.state);
+    if (R.link) {
+        repl_link_stats st;
+        repl_link_get_stats(R.link, &st);
+        buf_printf(o, "bytes_in: %llu\nin_bps: %.0f\n", (unsigned long long)st.bytes_in,
+                   st.rate_in);
+    }
+    buf_printf(o, "accounts: %zu\nrecords_applied: %llu\nblobs_imported: %llu\nacks: %llu\n"
+               "pending_bytes: %llu\n", R.n, (unsigned long long)R.records_applied,
+               (unsigned long long)R.blobs_imported, (unsigned long long)R.acks_sent,
+               (unsigned long long)R.pending);
+    pthread_mutex_unlock(&R.mu);
+}
