@@ -10,7 +10,11 @@
  *   451 4.3.0           store or directory trouble: the queue defers
  *   550 5.1.1           no such address: the queue bounces
  * Both jobs run on workers. A store handle stays open in the account cache
- * (smtp_server.c) between deliveries; its mutex is held while it is used.
+ * (smtp_server.c) between deliveries. Deliveries to one account that
+ * arrive while another is being written are committed together in one
+ * store batch: one fdatasync for all of them (the queue runs several
+ * deliveries per account at once), which is what lets delivery keep up
+ * with intake when mail converges on one account.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -31,6 +35,127 @@ static uint64_t account_usage(store_account *st)
         if (store_mailbox_at(st, i, &mi) == 0)
             used += mi.total_size;
     return used;
+}
+
+/* Exclusive use of an account's store handle, outside its mutex. */
+static void store_take(lmtp_account *a)
+{
+    pthread_mutex_lock(&a->mu);
+    while (a->busy)
+        pthread_cond_wait(&a->cv, &a->mu);
+    a->busy = 1;
+    pthread_mutex_unlock(&a->mu);
+}
+
+static void store_give(lmtp_account *a)
+{
+    pthread_mutex_lock(&a->mu);
+    a->busy = 0;
+    pthread_cond_broadcast(&a->cv);
+    pthread_mutex_unlock(&a->mu);
+}
+
+/* One delivery waiting for, or taken into, an account's next batch. */
+typedef struct lmtp_delivery {
+    const char *did;   /* "" for none */
+    const void *data;
+    size_t len;
+    uint64_t quota;
+    /* results */
+    int done, rc, dup;
+    uint32_t uid;
+    uint64_t used;
+    char why[512];
+    struct lmtp_delivery *next;
+} lmtp_delivery;
+
+/* Writes a group of deliveries in one batch. Runs with the store taken. */
+static void write_group(lmtp_account *a, lmtp_delivery *list)
+{
+    hv_err err = {0};
+    store_account *st = a->st;
+    store_mailbox_info mi;
+    uint32_t inbox = 0;
+    int rc = 0;
+    if (store_mailbox_find(st, "INBOX", &mi) == 0) {
+        inbox = mi.id;
+    } else {
+        rc = store_mailbox_create(st, "INBOX", 0, &inbox, &err);
+        if (rc == 0)
+            store_subscribe(st, "INBOX", 1, NULL);
+    }
+    uint64_t used = 0;
+    for (lmtp_delivery *d = list; d; d = d->next)
+        if (d->quota) {
+            used = account_usage(st);
+            break;
+        }
+    store_batch *b = NULL;
+    if (rc == 0)
+        rc = store_batch_begin(st, &b, &err);
+    int64_t now = (int64_t)time(NULL);
+    for (lmtp_delivery *d = list; d; d = d->next) {
+        d->used = used;
+        if (rc < 0) {
+            d->rc = rc;
+            snprintf(d->why, sizeof(d->why), "%s", err.msg);
+            continue;
+        }
+        if (d->quota && used + d->len > d->quota) {
+            d->rc = -EDQUOT;
+            continue;
+        }
+        hv_err e2 = {0};
+        if (d->did[0])
+            d->rc = store_batch_add_once(b, inbox, d->did, d->data, d->len, 0, now, &d->uid,
+                                         &d->dup, &e2);
+        else
+            d->rc = store_batch_add(b, inbox, d->data, d->len, 0, now, &d->uid, &e2);
+        if (d->rc < 0) {
+            snprintf(d->why, sizeof(d->why), "%s", e2.msg);
+        } else if (!d->dup) {
+            used += d->len;
+        }
+    }
+    if (b) {
+        rc = store_batch_commit(b, &err);
+        if (rc < 0) /* nothing of the batch is acknowledged */
+            for (lmtp_delivery *d = list; d; d = d->next)
+                if (d->rc == 0) {
+                    d->rc = rc;
+                    snprintf(d->why, sizeof(d->why), "%s", err.msg);
+                }
+    }
+}
+
+/* Hands one delivery to the account's next batch and waits for it. */
+static void deliver_grouped(lmtp_account *a, lmtp_delivery *me)
+{
+    pthread_mutex_lock(&a->mu);
+    me->next = NULL;
+    *a->pending_tail = me;
+    a->pending_tail = &me->next;
+    while (!me->done) {
+        if (a->busy) {
+            pthread_cond_wait(&a->cv, &a->mu);
+            continue;
+        }
+        /* The store is free: take everything waiting, ours included. */
+        lmtp_delivery *list = a->pending;
+        a->pending = NULL;
+        a->pending_tail = &a->pending;
+        a->busy = 1;
+        pthread_mutex_unlock(&a->mu);
+        write_group(a, list);
+        pthread_mutex_lock(&a->mu);
+        for (lmtp_delivery *d = list, *nx; d; d = nx) {
+            nx = d->next; /* d may be gone once done is seen */
+            d->done = 1;
+        }
+        a->busy = 0;
+        pthread_cond_broadcast(&a->cv);
+    }
+    pthread_mutex_unlock(&a->mu);
 }
 
 static void dir_trouble(smtp_session *s, const hv_err *err)
@@ -91,9 +216,9 @@ void lmtp_job_rcpt(smtp_session *s)
             smtp_out(s, "451 4.3.0 <%s> mailbox unavailable; try again later", p->addr);
             return;
         }
-        pthread_mutex_lock(&a->mu);
+        store_take(a);
         uint64_t used = account_usage(a->st);
-        pthread_mutex_unlock(&a->mu);
+        store_give(a);
         lmtp_account_put(s->srv, a);
         if (used + s->mail_size > acc.quota_bytes) {
             log_info("lmtp: session=%s rcpt=<%s> account=%s refused reason=\"over quota\" "
@@ -129,33 +254,13 @@ static void deliver_one(smtp_session *s, smtp_rcpt *r, buf *tmp)
     buf_reset(tmp);
     buf_printf(tmp, "Return-Path: <%s>\r\nDelivered-To: %s\r\n", s->mail_from, r->addr);
     buf_append(tmp, s->msg.data ? s->msg.data : (const uint8_t *)"", s->msg.len);
-    uint32_t uid = 0;
-    int dup = 0, rc;
-    pthread_mutex_lock(&a->mu);
-    store_account *st = a->st;
-    uint64_t used = r->quota ? account_usage(st) : 0;
-    store_mailbox_info mi;
-    uint32_t inbox = 0;
-    if (r->quota && used + tmp->len > r->quota) {
-        rc = -EDQUOT;
-    } else if (store_mailbox_find(st, "INBOX", &mi) == 0) {
-        inbox = mi.id;
-        rc = 0;
-    } else {
-        rc = store_mailbox_create(st, "INBOX", 0, &inbox, &err);
-        if (rc == 0)
-            store_subscribe(st, "INBOX", 1, NULL);
-    }
-    if (rc == 0) {
-        int64_t now = (int64_t)time(NULL);
-        if (r->did[0])
-            rc = store_append_once(st, inbox, r->did, tmp->data, tmp->len, 0, now, &uid, &dup,
-                                   &err);
-        else
-            rc = store_append(st, inbox, tmp->data, tmp->len, 0, now, &uid, &err);
-    }
-    pthread_mutex_unlock(&a->mu);
+    lmtp_delivery dl = {.did = r->did, .data = tmp->data, .len = tmp->len, .quota = r->quota};
+    deliver_grouped(a, &dl);
     lmtp_account_put(s->srv, a);
+    int rc = dl.rc, dup = dl.dup;
+    uint32_t uid = dl.uid;
+    uint64_t used = dl.used;
+    snprintf(err.msg, sizeof(err.msg), "%s", dl.why);
     if (rc == -EDQUOT) {
         log_info("lmtp: session=%s from=<%s> rcpt=<%s> account=%s size=%zu deferred "
                  "reason=\"over quota\" used=%llu quota=%llu",

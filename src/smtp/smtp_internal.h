@@ -46,11 +46,19 @@ enum smtp_port {
 };
 
 /* ---- lmtp: accounts open in this process ---- */
+struct lmtp_delivery;
+
+/* Concurrent deliveries to one account share one store batch, so one
+ * fdatasync makes them all durable (lmtp_session.c): whoever finds the
+ * store free takes every pending delivery and commits them together. */
 typedef struct lmtp_account {
     char address[DIR_ADDRESS_MAX + 1];
     store_account *st;
-    pthread_mutex_t mu; /* held while st is used */
-    int refs;           /* registry mutex */
+    pthread_mutex_t mu;   /* guards busy and pending */
+    pthread_cond_t cv;    /* busy dropped, or deliveries done */
+    int busy;             /* a thread is using st (outside mu) */
+    struct lmtp_delivery *pending, **pending_tail;
+    int refs;             /* registry mutex */
     struct lmtp_account *next;
 } lmtp_account;
 

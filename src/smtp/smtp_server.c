@@ -131,6 +131,8 @@ lmtp_account *lmtp_account_get(smtp_server *srv, const char *address, hv_err *er
     snprintf(a->address, sizeof(a->address), "%s", address);
     a->st = st;
     pthread_mutex_init(&a->mu, NULL);
+    pthread_cond_init(&a->cv, NULL);
+    a->pending_tail = &a->pending;
     a->refs = 1;
     a->next = srv->accounts;
     srv->accounts = a;
@@ -164,6 +166,7 @@ void lmtp_account_put(smtp_server *srv, lmtp_account *a)
     if (evict) {
         store_close(evict->st);
         pthread_mutex_destroy(&evict->mu);
+        pthread_cond_destroy(&evict->cv);
         free(evict);
     }
 }
@@ -175,6 +178,7 @@ static void accounts_free(smtp_server *srv)
         srv->accounts = a->next;
         store_close(a->st);
         pthread_mutex_destroy(&a->mu);
+        pthread_cond_destroy(&a->cv);
         free(a);
     }
 }
