@@ -24,12 +24,15 @@ cat <<'TEXT'
   IMAP:     localhost port 1143 (plaintext LOGIN allowed from loopback)
   SMTP:     localhost port 2525 (MX), 1587 (submission)
 
-  IMAP works now: point a mail client at localhost:1143 (see README.md), or try
+  LMTP:     localhost port 2424 (delivery into the stores, used by the queue)
+
+  Point a mail client at localhost:1143 / 1587 (see README.md), or try
     curl imap://localhost:1143/ --user demo@example.test:demo
-  SMTP and LMTP are not built yet, so nothing listens on 2525/1587 today.
+    swaks --server localhost:2525 --to demo@example.test     # mail in over SMTP
   From a second terminal:
 
     bin/haven -c demo/haven.conf status                       # ask this havend
+    bin/haven -c demo/haven.conf queue list                   # mail not yet delivered
     bin/haven -c demo/haven.conf import demo@example.test INBOX some.mbox
     bin/haven -c demo/haven.conf verify                       # check every store
     bin/haven --help                                          # everything else
