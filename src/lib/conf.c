@@ -47,7 +47,7 @@ const conf_key conf_keys[] = {
     {"queue_retry_min", "60", "first retry delay of a deferred recipient, in seconds (doubles each try)"},
     {"queue_retry_max", "3600", "longest retry delay, in seconds"},
     {"queue_delivery_threads", "16", "deliveries in progress at once (LMTP and relay)"},
-    {"queue_account_concurrency", "4", "deliveries in progress at once to one account"},
+    {"queue_account_concurrency", "8", "deliveries in progress at once to one account"},
     {"queue_domain_concurrency", "10", "relay connections at once to one remote domain"},
     {"relay_routes", "", "static routes for outbound mail: domain=host:port, comma-separated; * matches any domain"},
     {"relay_tls", "opportunistic", "TLS for outbound relay: none, opportunistic (STARTTLS when offered) or required"},
