@@ -61,6 +61,13 @@ static const haven_command commands[] = {
      "domain list",
      "Manage the domains this instance hosts. 'del' is refused while the domain\n"
      "still has accounts or aliases."},
+    {"alias", 1, 1, cmd_alias,
+     "alias add ADDRESS TARGET\n"
+     "alias del ADDRESS\n"
+     "alias list",
+     "Manage aliases: mail to ADDRESS goes to TARGET (an account or another alias,\n"
+     "followed up to 8 steps). SMTP accepts an alias at RCPT only when it leads to\n"
+     "an account. 'add' adds the domain of ADDRESS when it is new."},
     {"import", 1, 1, cmd_import,
      "import ACCOUNT MAILBOX FILE... [--recursive] [--skip N] [--max-size BYTES]\n"
      "                              [--progress]",

@@ -308,6 +308,24 @@ out_has "on store store2 is kept"
 run 0 user add carol@new.test
 out_has "kept its existing mail folder"
 
+echo "== aliases"
+run 0 alias add info@example.org alice@example.org
+run 0 alias add team@aliases.test info@example.org
+run 0 alias list
+out_has "info@example.org	alice@example.org"
+out_has "team@aliases.test	info@example.org"
+run 0 domain list
+out_has "aliases.test"
+run 1 alias add alice@example.org bob@example.org
+run 1 alias add loop@example.org loop@example.org
+run 1 alias add 'bad address' alice@example.org
+run 2 alias add info@example.org
+run 0 alias del team@aliases.test
+run 1 alias del team@aliases.test
+run 0 alias del info@example.org
+run 0 alias list
+out_is ""
+
 echo "== relative config path, from another folder"
 (cd "$tmp" && "$repo/bin/haven" -c haven.conf user list) >"$tmp/out" || fail "relative -c"
 out_has "alice@example.org"

@@ -151,26 +151,7 @@ class Instance:
             self.log = None
 
     def add_alias(self, address, target):
-        """Adds an alias through `haven alias add` when the command exists,
-        else writes the directory row the way dir_alias_add does (domain
-        row when new, the alias, the version counter in one transaction)."""
-        p = self.haven("alias", "add", address, target, check=False)
-        if p.returncode == 0:
-            return
-        if "unknown command" not in p.stderr:
-            raise RuntimeError("haven alias add %s %s: %s%s" % (address, target, p.stdout, p.stderr))
-        db = sqlite3.connect(os.path.join(self.dir, "node", "directory.sqlite"), timeout=10)
-        try:
-            with db:
-                dom = address.split("@", 1)[1].lower()
-                db.execute("INSERT OR IGNORE INTO domains (name, created) VALUES (?, ?)",
-                           (dom, int(time.time())))
-                db.execute("INSERT INTO aliases (address, domain, target, created) "
-                           "VALUES (?, ?, ?, ?)", (address.lower(), dom, target.lower(),
-                                                    int(time.time())))
-                db.execute("UPDATE version SET counter = counter + 1 WHERE id = 1")
-        finally:
-            db.close()
+        self.haven("alias", "add", address, target)
 
     # --- reading an account's mail back over IMAP (plaintext from loopback) ---
     def imap(self, address, password):
