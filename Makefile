@@ -106,6 +106,9 @@ clean:
 	rm -rf build bin
 
 .PHONY: all deps test run bench fuzz clean
-.SECONDARY:
+# Unit-test objects are intermediate: keep them between builds (no rebuild
+# of a missing one when its program is current, unlike .SECONDARY without
+# names, which also let a new library source be skipped).
+.PRECIOUS: build/obj/%.o build/asan/%.o build/fuzz/obj/%.o
 
 -include $(shell find build -name '*.d' 2>/dev/null)
