@@ -20,6 +20,10 @@
  *   idle     N connections logged in, SELECTed and IDLE; resident memory
  *            of the server's processes before and after; then DONE + NOOP
  *            on every one of them to check that all are still served.
+ *   wake     one connection IDLE on INBOX, N messages delivered one at a
+ *            time (APPEND on another connection, or written by this
+ *            process into the server's storage): the time from each
+ *            delivery to the idler's "* n EXISTS".
  *   maildir  writes the fixture messages as Maildir files (cur/).
  *   warm     reads every file under folders (page cache, before "big").
  *   hash, sethash, port   small helpers for run.sh.
@@ -39,6 +43,7 @@
 #include <getopt.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -57,6 +62,7 @@
 #include "lib/buf.h"
 #include "lib/conf.h"
 #include "lib/fsutil.h"
+#include "store/store.h"
 
 /* ---- settings (each sub-benchmark reads the ones it needs) ---- */
 
@@ -71,15 +77,16 @@ static struct {
     double secs, warmup;  /* -t, -w: measured and warm-up seconds (load) */
     int rounds;           /* -R: rounds of the mix per session (load) */
     const char *mix;      /* -m: "name=weight,..." (load) */
-    int idle_ms;          /* -i: how long each IDLE lasts (load) */
+    int idle_ms;          /* -i: how long each IDLE lasts (load); pause between deliveries (wake) */
     int append_size;      /* -s: APPEND size; maildir: mean message size */
-    int conns;            /* -n: connections (idle); messages (maildir) */
+    int conns;            /* -n: connections (idle); messages (maildir); deliveries (wake) */
     int inflight;         /* -k: connections being set up at once (idle) */
     double hold;          /* -H: seconds the idle connections are held */
     const char *mem[4];   /* -M name=spec: process groups measured (idle) */
     int nmem;
     const char *hword, *bword; /* -W, -B: rare words in subjects and bodies (big) */
     int chunk;            /* -C: sequence numbers per STORE command (big) */
+    const char *deliver;  /* -d: imap, store:DIR or maildir:DIR (wake) */
     uid_t uid;            /* -U uid:gid: owner of the maildir files */
     gid_t gid;
     int chown;
@@ -1215,6 +1222,13 @@ static int b_line(bconn *c, char **l, size_t *n, uint64_t *bytes)
 static void b_open(bconn *c)
 {
     memset(c, 0, sizeof(*c));
+    /* The read buffer is made and touched before anything is timed: its
+     * first-touch page faults (about 500 for the 2 MiB a big FETCH answer
+     * passes through) are this client's cost, the same for both servers,
+     * and on this machine they cost about as much as Haven's whole answer. */
+    size_t room;
+    rbuf_room(&c->in, 4u << 20, &room);
+    memset(c->in.data, 0, c->in.cap);
     c->fd = tcp_socket(0);
     struct sockaddr_in a = server_addr();
     if (connect(c->fd, (struct sockaddr *)&a, sizeof(a)) < 0)
@@ -1371,6 +1385,284 @@ static int big_main(void)
     return 0;
 }
 
+/* ---- IDLE wake latency (wake) ---- */
+
+/* One connection IDLEs on INBOX; messages are delivered one at a time and
+ * each is timed from the start of its delivery to the "* n EXISTS" that
+ * tells the idler. A thread reads the idler, so an EXISTS that arrives
+ * while the delivery is still running is stamped when it arrives. The
+ * delivery is either an APPEND on a second IMAP connection (-d imap, the
+ * default) or a write by this process into the server's own storage, as
+ * a local delivery agent would do it: -d store:DIR appends through Haven's
+ * store API to the account folder DIR (what the lmtp service does), -d
+ * maildir:DIR writes a file into the Maildir DIR (tmp/, fsync, rename into
+ * new/, what an MDA does for Dovecot). */
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    uint32_t exists; /* the highest EXISTS the idler was told */
+    double at;       /* when it arrived */
+    int ended;       /* IDLE answered (after DONE) or the connection broke */
+} WK = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0};
+
+static void *wake_reader(void *arg)
+{
+    bconn *c = arg;
+    double t_read = now();
+    for (;;) {
+        char *l;
+        size_t n;
+        while (!rbuf_line(&c->in, &l, &n)) {
+            size_t room;
+            char *p = rbuf_room(&c->in, 65536, &room);
+            ssize_t r = read(c->fd, p, room);
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r <= 0) {
+                pthread_mutex_lock(&WK.mu);
+                WK.ended = 1;
+                pthread_cond_broadcast(&WK.cv);
+                pthread_mutex_unlock(&WK.mu);
+                return NULL;
+            }
+            t_read = now();
+            c->in.len += (size_t)r;
+        }
+        uint32_t num;
+        int tagged = n && l[0] != '*' && l[0] != '+';
+        if (untagged_num(l, n, "EXISTS", &num) || tagged) {
+            pthread_mutex_lock(&WK.mu);
+            if (tagged) {
+                WK.ended = 1;
+            } else if (num > WK.exists) {
+                WK.exists = num;
+                WK.at = t_read;
+            }
+            pthread_cond_broadcast(&WK.cv);
+            pthread_mutex_unlock(&WK.mu);
+            if (tagged)
+                return NULL;
+        }
+    }
+}
+
+static void b_write(bconn *c, const void *p, size_t len)
+{
+    for (size_t off = 0; off < len;) {
+        ssize_t w = write(c->fd, (const char *)p + off, len - off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            die("%s: write: %s", opt.label, strerror(errno));
+        off += (size_t)w;
+    }
+}
+
+/* A Maildir delivery: the file is complete and synced in tmp/, then
+ * renamed into new/ (Maildir's rule: a reader never sees half a file). */
+static void maildir_deliver(const char *folder, const buf *m, int i)
+{
+    char name[200], tmp[4400], dst[4400];
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    snprintf(name, sizeof(name), "%lld.M%ldP%dQ%d.wake,S=%zu,W=%zu", (long long)ts.tv_sec,
+             ts.tv_nsec / 1000, (int)getpid(), i, m->len, m->len);
+    snprintf(tmp, sizeof(tmp), "%s/tmp/%s", folder, name);
+    snprintf(dst, sizeof(dst), "%s/new/%s", folder, name);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0)
+        die("%s: %s", tmp, strerror(errno));
+    if (write(fd, m->data, m->len) != (ssize_t)m->len || fdatasync(fd) < 0)
+        die("write %s: %s", tmp, strerror(errno));
+    if (opt.chown && fchown(fd, opt.uid, opt.gid) < 0)
+        die("chown %s: %s", tmp, strerror(errno));
+    close(fd);
+    if (rename(tmp, dst) < 0)
+        die("rename %s: %s", tmp, strerror(errno));
+}
+
+static int cmp_double(const void *x, const void *y)
+{
+    double a = *(const double *)x, b = *(const double *)y;
+    return a < b ? -1 : a > b;
+}
+
+/* p50 and p99 (nearest rank) of n values, in ms; sorts v. */
+static void percentiles(double *v, size_t n, double *p50, double *p99)
+{
+    *p50 = *p99 = -1;
+    if (!n)
+        return;
+    qsort(v, n, sizeof(double), cmp_double);
+    *p50 = v[(n - 1) / 2] * 1000;
+    *p99 = v[(size_t)((double)(n - 1) * 0.99 + 0.5)] * 1000;
+}
+
+static int wake_main(void)
+{
+    char user[300];
+    user_name(user, sizeof(user), 0);
+    const char *how = opt.deliver ? opt.deliver : "imap";
+    enum { D_IMAP, D_STORE, D_MAILDIR } kind = D_IMAP;
+    const char *dirpath = NULL;
+    if (strncmp(how, "store:", 6) == 0)
+        kind = D_STORE, dirpath = how + 6;
+    else if (strncmp(how, "maildir:", 8) == 0)
+        kind = D_MAILDIR, dirpath = how + 8;
+    else if (strcmp(how, "imap") != 0)
+        die("-d: imap, store:DIR or maildir:DIR");
+    const char *mode = kind == D_IMAP ? "imap" : "local";
+
+    bconn idler, app;
+    b_open(&idler);
+    b_cmd(&idler, "LOGIN \"%s\" \"%s\"", user, opt.password);
+    b_cmd(&idler, "SELECT INBOX");
+    store_account *st = NULL;
+    uint32_t inbox = 0;
+    if (kind == D_IMAP) {
+        b_open(&app);
+        b_cmd(&app, "LOGIN \"%s\" \"%s\"", user, opt.password);
+    } else if (kind == D_STORE) {
+        hv_err err = {0};
+        store_mailbox_info mi;
+        /* Write as the account's owner, as the server's own delivery would
+         * (run.sh runs as root; a server may run as another user). */
+        struct stat sb;
+        if (stat(dirpath, &sb) < 0)
+            die("%s: %s", dirpath, strerror(errno));
+        if (geteuid() == 0 && sb.st_uid != 0 &&
+            (setgid(sb.st_gid) < 0 || setuid(sb.st_uid) < 0))
+            die("cannot become uid %u: %s", (unsigned)sb.st_uid, strerror(errno));
+        if (store_open(dirpath, user, 0, NULL, &st, &err) < 0)
+            die("%s: %s", dirpath, err.msg);
+        if (store_mailbox_find(st, "INBOX", &mi) < 0)
+            die("%s: no INBOX", dirpath);
+        inbox = mi.id;
+    }
+    WK.exists = idler.exists;
+    b_write(&idler, "w1 IDLE\r\n", 9);
+    for (;;) {
+        char *l;
+        size_t n;
+        uint64_t bytes = 0;
+        b_line(&idler, &l, &n, &bytes);
+        if (n && l[0] == '+')
+            break;
+        if (n && l[0] != '*')
+            die("%s: IDLE refused: %.*s", opt.label, (int)n, l);
+    }
+    pthread_t th;
+    if (pthread_create(&th, NULL, wake_reader, &idler) != 0)
+        die("pthread_create failed");
+
+    int samples = opt.conns;
+    double *total = calloc((size_t)samples, sizeof(double));
+    double *after = calloc((size_t)samples, sizeof(double));
+    double *store_t = calloc((size_t)samples, sizeof(double));
+    if (!total || !after || !store_t)
+        die("out of memory");
+    size_t got = 0;
+    int timeouts = 0;
+    uint64_t seed = 0x1D1E1D1EULL;
+    buf m;
+    buf_init(&m);
+    for (int i = 0; i < samples; i++) {
+        buf_reset(&m);
+        make_message(&m, &seed, 900000 + i, (int64_t)time(NULL), topics[i % (int)NTOPICS],
+                     "wake", NULL, (size_t)opt.append_size, 1);
+        pthread_mutex_lock(&WK.mu);
+        uint32_t want = WK.exists + 1;
+        pthread_mutex_unlock(&WK.mu);
+        double t0 = now();
+        if (kind == D_IMAP) {
+            char cmd[64];
+            int cl = snprintf(cmd, sizeof(cmd), "x%u APPEND INBOX {%zu+}\r\n", ++app.ntag, m.len);
+            b_write(&app, cmd, (size_t)cl);
+            b_write(&app, m.data, m.len);
+            b_write(&app, "\r\n", 2);
+            char tag[16];
+            snprintf(tag, sizeof(tag), "x%u", app.ntag);
+            for (;;) {
+                char *l;
+                size_t n;
+                uint64_t bytes = 0;
+                b_line(&app, &l, &n, &bytes);
+                int ok = tagged_status(l, n, tag);
+                if (ok == 0)
+                    die("%s: APPEND failed: %.*s", opt.label, (int)n, l);
+                if (ok == 1)
+                    break;
+            }
+        } else if (kind == D_STORE) {
+            hv_err err = {0};
+            uint32_t uid;
+            if (store_append(st, inbox, m.data, m.len, 0, (int64_t)time(NULL), &uid, &err) < 0)
+                die("%s: store_append: %s", dirpath, err.msg);
+        } else {
+            maildir_deliver(dirpath, &m, i);
+        }
+        double t1 = now();
+        pthread_mutex_lock(&WK.mu);
+        struct timespec dl;
+        clock_gettime(CLOCK_REALTIME, &dl);
+        dl.tv_sec += 10;
+        while (WK.exists < want && !WK.ended)
+            if (pthread_cond_timedwait(&WK.cv, &WK.mu, &dl) == ETIMEDOUT)
+                break;
+        int ok = WK.exists >= want;
+        double at = WK.at;
+        int ended = WK.ended;
+        pthread_mutex_unlock(&WK.mu);
+        if (ended)
+            die("%s: the idle connection broke", opt.label);
+        if (!ok) {
+            timeouts++;
+            continue;
+        }
+        total[got] = at - t0;
+        after[got] = at - t1;
+        store_t[got] = t1 - t0;
+        got++;
+        /* Let the server settle: samples are one delivery each. */
+        struct timespec pause = {opt.idle_ms / 1000, (long)(opt.idle_ms % 1000) * 1000000L};
+        nanosleep(&pause, NULL);
+    }
+    buf_free(&m);
+    b_write(&idler, "DONE\r\n", 6);
+    pthread_join(th, NULL);
+    if (kind == D_IMAP) {
+        b_cmd(&app, "LOGOUT");
+        b_close(&app);
+    }
+    if (st)
+        store_close(st);
+    close(idler.fd);
+    free(idler.in.data);
+
+    double t50, t99, a50, a99, s50, s99;
+    double amin = got ? after[0] : 0;
+    for (size_t i = 1; i < got; i++)
+        if (after[i] < amin)
+            amin = after[i];
+    percentiles(total, got, &t50, &t99);
+    percentiles(after, got, &a50, &a99);
+    percentiles(store_t, got, &s50, &s99);
+    printf("%s: IDLE wake, delivery by %s: %zu samples, %d timeouts (10 s)\n", opt.label,
+           kind == D_IMAP ? "IMAP APPEND on a second connection" : how, got, timeouts);
+    printf("  delivery start -> EXISTS     p50 %8.2f ms  p99 %8.2f ms  max %8.2f ms\n", t50, t99,
+           got ? total[got - 1] * 1000 : -1.0);
+    printf("  delivery took                p50 %8.2f ms  p99 %8.2f ms\n", s50, s99);
+    printf("  delivery done -> EXISTS      p50 %8.2f ms  p99 %8.2f ms  min %8.2f ms\n", a50, a99,
+           amin * 1000);
+    printf("RESULT\twake\t%s\t%s\t%zu\t%.3f\t%.3f\t%.3f\t%.3f\t%d\n", opt.label, mode, got, t50,
+           t99, a50, a99, timeouts);
+    fflush(stdout);
+    free(total);
+    free(after);
+    free(store_t);
+    return 0; /* timeouts are a finding (run.sh's summary), not a failure */
+}
+
 /* ---- fixtures ---- */
 
 /* Writes opt.conns messages into DIR/cur: subjects "Report on <topic>
@@ -1519,7 +1811,7 @@ static int port_main(void)
 
 static void usage(void)
 {
-    fputs("usage: imap_load_bench load|prime|big|idle [options]\n"
+    fputs("usage: imap_load_bench load|prime|big|idle|wake [options]\n"
           "       imap_load_bench maildir [-n N] [-s SIZE] [-U UID:GID] DIR\n"
           "       imap_load_bench hash COST|default PASSWORD\n"
           "       imap_load_bench sethash CONF HASH ADDRESS...\n"
@@ -1528,6 +1820,7 @@ static void usage(void)
           "options: -h HOST -p PORT -L LABEL -u USERFMT -P PASSWORD -a ACCOUNTS\n"
           "         -c CLIENTS -t SECS -w WARMUP -R ROUNDS -m MIX -i IDLE_MS -s SIZE\n"
           "         -n CONNS -k INFLIGHT -H HOLD_SECS -M NAME=SPEC -W WORD -B WORD -C CHUNK\n"
+          "         -d imap|store:DIR|maildir:DIR (wake)\n"
           "see the top of bench/imap/imap_load_bench.c and docs/bench-imap.md\n",
           stderr);
     exit(2);
@@ -1549,7 +1842,7 @@ int main(int argc, char **argv)
         return argc >= 3 ? warm_main(argc - 2, argv + 2) : (usage(), 2);
     optind = 2;
     int o;
-    while ((o = getopt(argc, argv, "h:p:L:u:P:a:c:t:w:R:m:i:s:n:k:H:M:W:B:C:U:")) != -1) {
+    while ((o = getopt(argc, argv, "h:p:L:u:P:a:c:t:w:R:m:i:s:n:k:H:M:W:B:C:U:d:")) != -1) {
         switch (o) {
         case 'h': opt.host = optarg; break;
         case 'p': opt.port = atoi(optarg); break;
@@ -1575,6 +1868,7 @@ int main(int argc, char **argv)
         case 'W': opt.hword = optarg; break;
         case 'B': opt.bword = optarg; break;
         case 'C': opt.chunk = atoi(optarg); break;
+        case 'd': opt.deliver = optarg; break;
         case 'U': {
             unsigned u, g;
             if (sscanf(optarg, "%u:%u", &u, &g) != 2)
@@ -1602,5 +1896,7 @@ int main(int argc, char **argv)
         return big_main();
     if (strcmp(sub, "idle") == 0)
         return idle_main();
+    if (strcmp(sub, "wake") == 0)
+        return wake_main();
     usage();
 }

@@ -22,6 +22,8 @@
 #   DOVECOT_IDLE_CONNS=1000      the counts Dovecot is also run with (it
 #                                forks a process per connection: 10,000 of
 #                                them overload a 2-core machine for long)
+#   PARTS="load big wake idle"   which parts run (default: all of them)
+#   WAKE_SAMPLES=100             deliveries timed per server and kind (wake)
 #   HASH_COST=1                  yescrypt cost of the bench accounts'
 #                                password, the same hash on both servers;
 #                                "default" is what `haven user add` makes
@@ -71,13 +73,19 @@ DOVECOT_VERSION=$(dovecot --version 2>/dev/null | awk '{print $1}')
 if [ "${QUICK:-0}" = 1 ]; then
     mode=quick
     : "${LOAD_SECS:=6}" "${LOAD_ROUNDS:=1}" "${LOAD_WARMUP:=2}" "${IDLE_HOLD:=3}"
-    : "${IDLE_CONNS:=1000}"
+    : "${IDLE_CONNS:=1000}" "${WAKE_SAMPLES:=40}"
 else
     mode=full
     : "${LOAD_SECS:=20}" "${LOAD_ROUNDS:=2}" "${LOAD_WARMUP:=3}" "${IDLE_HOLD:=5}"
+    : "${WAKE_SAMPLES:=100}"
 fi
 : "${BIG_MSGS:=180000}" "${LOAD_CLIENTS:=20 50}" "${IDLE_CONNS:=1000 10000}"
 : "${LOAD_SESSION_ROUNDS:=10}" "${LOAD_MIX:=}" "${HASH_COST:=1}"
+: "${PARTS:=load big wake idle}"
+for p in $PARTS; do
+    case $p in load | big | wake | idle) ;; *) echo "run.sh: unknown part '$p' in PARTS" >&2; exit 2 ;; esac
+done
+part() { case " $PARTS " in *" $1 "*) return 0 ;; esac; return 1; }
 : "${DOVECOT_IDLE_CONNS:=${IDLE_CONNS%% *}}"
 ACCOUNTS=100
 MSGS_PER_ACCOUNT=200
@@ -88,6 +96,7 @@ NOBODY=65534:65534 # Dovecot's mail user: its imap processes run as nobody
 # connections; the hard limit is as far as an unprivileged raise goes.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null
 maxfd=$(ulimit -n)
+part idle || IDLE_CONNS=''
 for n in $IDLE_CONNS; do
     if [ "$maxfd" != unlimited ] && [ "$maxfd" -lt $((n + 100)) ]; then
         echo "run.sh: ulimit -n is $maxfd: too low for $n connections" >&2
@@ -194,12 +203,14 @@ for u in $(users); do
 done
 chown -R $NOBODY "$W/dovecot/home"
 echo "-- fixtures: $ACCOUNTS accounts x $MSGS_PER_ACCOUNT messages on both ($((SECONDS - t0)) s)"
-t0=$SECONDS
-"$BIN" maildir -n "$BIG_MSGS" -U $NOBODY "$W/dovecot/home/big/Maildir" | sed 's/^/   /' || exit 1
-t1=$SECONDS
-"$HAVEN" -c "$HCONF" import big@bench.test INBOX "$W/dovecot/home/big/Maildir" | sed 's/^/   haven /' || exit 1
-echo "-- big mailbox: $BIG_MSGS messages written as Dovecot's Maildir ($((t1 - t0)) s)," \
-     "then imported into Haven ($((SECONDS - t1)) s)"
+if part big; then
+    t0=$SECONDS
+    "$BIN" maildir -n "$BIG_MSGS" -U $NOBODY "$W/dovecot/home/big/Maildir" | sed 's/^/   /' || exit 1
+    t1=$SECONDS
+    "$HAVEN" -c "$HCONF" import big@bench.test INBOX "$W/dovecot/home/big/Maildir" | sed 's/^/   haven /' || exit 1
+    echo "-- big mailbox: $BIG_MSGS messages written as Dovecot's Maildir ($((t1 - t0)) s)," \
+         "then imported into Haven ($((SECONDS - t1)) s)"
+fi
 
 # ---- Dovecot: its own config, nothing from /etc/dovecot ----
 DCONF="$W/dovecot/dovecot.conf"
@@ -287,8 +298,9 @@ bench prime -p "$HP" -L haven "${COMMON[@]}" -c 10 || exit 1
 bench prime -p "$DP" -L dovecot "${COMMON[@]}" -c 10 || exit 1
 
 # ---- 1. load ----
-echo
-echo "== 1. load: LOGIN, SELECT, $LOAD_SESSION_ROUNDS rounds of the mix, LOGOUT; ${LOAD_SECS}s per run"
+part load || LOAD_CLIENTS=''
+[ -n "$LOAD_CLIENTS" ] && echo && 
+    echo "== 1. load: LOGIN, SELECT, $LOAD_SESSION_ROUNDS rounds of the mix, LOGOUT; ${LOAD_SECS}s per run"
 for c in $LOAD_CLIENTS; do
     for r in $(seq "$LOAD_ROUNDS"); do
         # Alternate who goes first, so that a slow minute hurts both.
@@ -304,18 +316,20 @@ for c in $LOAD_CLIENTS; do
 done
 
 # ---- 2. the big mailbox ----
-echo
-echo "== 2. one mailbox of $BIG_MSGS messages, page cache warmed just before each server's turn"
-# This kernel drops file pages nobody touched for a few minutes, so "just
-# written" is no guarantee: each server's files are read right before.
-echo "   haven: $("$BIN" warm "$W/haven/data/accounts/bench.test/big")"
-bench big -p "$HP" -L haven -u big@bench.test -P "$PASS"
-echo "   dovecot: $("$BIN" warm "$W/dovecot/home/big/Maildir")"
-bench big -p "$DP" -L dovecot -u big@bench.test -P "$PASS"
+if part big; then
+    echo
+    echo "== 2. one mailbox of $BIG_MSGS messages, page cache warmed just before each server's turn"
+    # This kernel drops file pages nobody touched for a few minutes, so "just
+    # written" is no guarantee: each server's files are read right before.
+    echo "   haven: $("$BIN" warm "$W/haven/data/accounts/bench.test/big")"
+    bench big -p "$HP" -L haven -u big@bench.test -P "$PASS"
+    echo "   dovecot: $("$BIN" warm "$W/dovecot/home/big/Maildir")"
+    bench big -p "$DP" -L dovecot -u big@bench.test -P "$PASS"
+fi
 
 # ---- 3. idle connections ----
-echo
-echo "== 3. idle connections: LOGIN + SELECT + IDLE, held ${IDLE_HOLD}s, then DONE + NOOP on each"
+[ -n "$IDLE_CONNS" ] && echo &&
+    echo "== 3. idle connections: LOGIN + SELECT + IDLE, held ${IDLE_HOLD}s, then DONE + NOOP on each"
 mem_avail_kb() { awk '/^MemAvailable/ {print $2}' /proc/meminfo; }
 for n in $IDLE_CONNS; do
     stop_haven
@@ -341,6 +355,26 @@ for n in $IDLE_CONNS; do
     bench idle -p "$DP" -L dovecot "${COMMON[@]}" -n "$n" -H "$IDLE_HOLD" \
         -M "imap=children:$DPID:imap" -M "all=tree:$DPID"
 done
+
+# ---- 4. IDLE wake latency ----
+if part wake; then
+    echo
+    echo "== 4. IDLE wake: one client IDLE on INBOX, $WAKE_SAMPLES deliveries one at a time," \
+         "each timed until the idler gets * n EXISTS"
+    # Fresh servers: no session of the earlier parts around.
+    stop_haven
+    start_haven
+    stop_dovecot
+    start_dovecot
+    WU=u100@bench.test
+    bench wake -p "$HP" -L haven -u "$WU" -P "$PASS" -n "$WAKE_SAMPLES" -i 20 -d imap
+    bench wake -p "$DP" -L dovecot -u "$WU" -P "$PASS" -n "$WAKE_SAMPLES" -i 20 -d imap
+    bench wake -p "$HP" -L haven -u "$WU" -P "$PASS" -n "$WAKE_SAMPLES" -i 20 \
+        -d "store:$W/haven/data/accounts/bench.test/${WU%@*}"
+    bench wake -p "$DP" -L dovecot -u "$WU" -P "$PASS" -n "$WAKE_SAMPLES" -i 20 -U $NOBODY \
+        -d "maildir:$W/dovecot/home/${WU%@*}/Maildir"
+fi
+
 stop_haven
 stop_dovecot
 
@@ -365,6 +399,7 @@ $1 == "RESULT" && $2 == "big" { t[$3 "," $4] = $5; u[$3 "," $4] = $6; hits[$3 ",
 $1 == "RESULT" && $2 == "idle" { rss[$3 "," $4 "," $5] = $6; pss[$3 "," $4 "," $5] = $7 }
 $1 == "RESULT" && $2 == "idle_alive" { alive[$3 "," $4] = $5 }
 $1 == "RESULT" && $2 == "idle_setup" { setup[$3 "," $4] = $5 }
+$1 == "RESULT" && $2 == "wake" { wk[$3 "," $4] = 1; wp50[$3 "," $4] = $6; wp99[$3 "," $4] = $7; wto[$3 "," $4] = $10 }
 END {
     misses = 0
     row("figure", "Haven", "Dovecot", "H vs D", "goal", "result")
@@ -418,6 +453,24 @@ END {
         row("   time to set them up", hs < 0 ? "-" : sprintf("%.1f s", hs),
             ds < 0 ? "not run" : sprintf("%.1f s", ds), (hs > 0 && ds > 0) ? sprintf("%.2fx", ds / hs) : "-",
             "(info)", "-")
+    }
+    split("imap local", wm, " ")
+    wname["imap"] = "IMAP APPEND"
+    wname["local"] = "local delivery"
+    for (i = 1; i <= 2; i++) {
+        k = wm[i]
+        if (!(("haven," k) in wk) && !(("dovecot," k) in wk)) continue
+        hk = ("haven," k) in wk; dk = ("dovecot," k) in wk
+        h = hk ? wp50["haven," k] : -1; d = dk ? wp50["dovecot," k] : -1
+        row("4. IDLE wake p50, " wname[k], h < 0 ? "-" : sprintf("%.1f ms", h), d < 0 ? "-" : sprintf("%.1f ms", d),
+            (h > 0 && d > 0) ? sprintf("%.2fx", d / h) : "-", "(info)", "-")
+        h = hk ? wp99["haven," k] : -1; d = dk ? wp99["dovecot," k] : -1
+        to = hk ? wto["haven," k] : 1
+        row("4. IDLE wake p99, " wname[k], h < 0 ? "-" : sprintf("%.1f ms", h), d < 0 ? "-" : sprintf("%.1f ms", d),
+            (h > 0 && d > 0) ? sprintf("%.2fx", d / h) : "-", "< 100 ms", h >= 0 && h < 100 && to == 0 ? "PASS" : "MISS")
+        if ((hk && wto["haven," k] > 0) || (dk && wto["dovecot," k] > 0))
+            printf "WARNING: IDLE wake, %s: deliveries never announced within 10 s: Haven %d, Dovecot %d\n", k,
+                hk ? wto["haven," k] : 0, dk ? wto["dovecot," k] : 0
     }
     # Both servers must have done the same work.
     split("fetch_flags search_header search_body store_seen expunge", chk, " ")

@@ -6,9 +6,15 @@
  * message with the cheap tests first: flags, sizes, dates and uids come
  * from the index; a message file is read and parsed only when a header or
  * text criterion is reached, and at most once per message.
+ *
+ * The values of header fields that were searched are kept in a process-wide
+ * cache keyed by blob and field name (see hcache_*): blobs are named by their
+ * SHA-256 and never change, so an entry never goes stale, and a repeated
+ * "SEARCH FROM x" / "HEADER Subject y" reads no message file.
  */
 #include <ctype.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -408,6 +414,134 @@ static int contains(const char *hay, size_t hn, const char *needle)
     return 0;
 }
 
+/* ---- header value cache ----
+ *
+ * Without it every header search opens, reads and parses every message
+ * file: 2.2 s for 180,000 messages each time, where Dovecot answers the
+ * second time from its cache file in 0.35 s. An entry is a blob id, a field
+ * name (lower case) and the decoded value or "absent"; about 100 bytes for
+ * a Subject, so the budget holds a few hundred thousand. When the budget is
+ * reached the cache is emptied and fills again: memory stays bounded, and
+ * unlike LRU a scan bigger than the cache still hits on what fits. */
+#define HCACHE_BYTES (48u << 20)
+#define HCACHE_BUCKETS (1u << 16)
+#define HCACHE_MAX_NAME 64
+#define HCACHE_MAX_VALUE 4096
+
+typedef struct hc_entry {
+    struct hc_entry *next;
+    store_blob_id blob;
+    uint32_t hash;
+    uint16_t name_len;
+    uint8_t present;
+    size_t value_len;
+    char data[]; /* name, then value (no NULs needed: lengths) */
+} hc_entry;
+
+static struct {
+    pthread_mutex_t mu;
+    hc_entry **bucket; /* HCACHE_BUCKETS chains, allocated at first use */
+    size_t bytes;
+} hcache = {PTHREAD_MUTEX_INITIALIZER, NULL, 0};
+
+/* The field name in lower case; 0 when too long to cache. */
+static size_t hc_name(const char *name, char *out)
+{
+    size_t n = strlen(name);
+    if (n == 0 || n > HCACHE_MAX_NAME)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        out[i] = (char)tolower((unsigned char)name[i]);
+    return n;
+}
+
+static uint32_t hc_hash(const store_blob_id *blob, const char *name, size_t n)
+{
+    uint32_t h = 2166136261u; /* FNV-1a over the name, then the blob's bytes */
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (uint8_t)name[i]) * 16777619u;
+    uint32_t b;
+    memcpy(&b, blob->b, sizeof(b)); /* SHA-256 bytes: already uniform */
+    return h ^ b;
+}
+
+static hc_entry *hc_find(const store_blob_id *blob, const char *name, size_t n, uint32_t h)
+{
+    if (!hcache.bucket)
+        return NULL;
+    for (hc_entry *e = hcache.bucket[h % HCACHE_BUCKETS]; e; e = e->next)
+        if (e->hash == h && e->name_len == n && memcmp(e->blob.b, blob->b, 32) == 0 &&
+            memcmp(e->data, name, n) == 0)
+            return e;
+    return NULL;
+}
+
+static void hc_clear(void)
+{
+    for (size_t i = 0; i < HCACHE_BUCKETS; i++) {
+        hc_entry *e = hcache.bucket[i];
+        while (e) {
+            hc_entry *next = e->next;
+            free(e);
+            e = next;
+        }
+        hcache.bucket[i] = NULL;
+    }
+    hcache.bytes = 0;
+}
+
+/* 1 or 0: does the cached value of name in blob contain str; -1 when not
+ * cached. */
+static int hcache_match(const store_blob_id *blob, const char *name, const char *str)
+{
+    char ln[HCACHE_MAX_NAME];
+    size_t n = hc_name(name, ln);
+    if (!n)
+        return -1;
+    uint32_t h = hc_hash(blob, ln, n);
+    pthread_mutex_lock(&hcache.mu);
+    hc_entry *e = hc_find(blob, ln, n, h);
+    int r = !e ? -1 : e->present && contains(e->data + n, e->value_len, str);
+    pthread_mutex_unlock(&hcache.mu);
+    return r;
+}
+
+static void hcache_put(const store_blob_id *blob, const char *name, int present,
+                       const char *value, size_t len)
+{
+    char ln[HCACHE_MAX_NAME];
+    size_t n = hc_name(name, ln);
+    if (!n || len > HCACHE_MAX_VALUE)
+        return;
+    uint32_t h = hc_hash(blob, ln, n);
+    size_t size = sizeof(hc_entry) + n + len;
+    hc_entry *e = malloc(size);
+    if (!e)
+        return;
+    e->blob = *blob;
+    e->hash = h;
+    e->name_len = (uint16_t)n;
+    e->present = present != 0;
+    e->value_len = len;
+    memcpy(e->data, ln, n);
+    if (len)
+        memcpy(e->data + n, value, len);
+    pthread_mutex_lock(&hcache.mu);
+    if (!hcache.bucket)
+        hcache.bucket = calloc(HCACHE_BUCKETS, sizeof(hc_entry *));
+    if (!hcache.bucket || hc_find(blob, ln, n, h)) {
+        pthread_mutex_unlock(&hcache.mu);
+        free(e); /* another worker put it meanwhile */
+        return;
+    }
+    if (hcache.bytes + size + 16 > HCACHE_BYTES)
+        hc_clear();
+    e->next = hcache.bucket[h % HCACHE_BUCKETS];
+    hcache.bucket[h % HCACHE_BUCKETS] = e;
+    hcache.bytes += size + 16; /* malloc's own header, roughly */
+    pthread_mutex_unlock(&hcache.mu);
+}
+
 static int64_t day_of(int64_t t) { return t - (((t % 86400) + 86400) % 86400); }
 
 static int eval(imap_session *s, const snode *n, smsg *m)
@@ -444,12 +578,16 @@ static int eval(imap_session *s, const snode *n, smsg *m)
                                      : d >= (int64_t)n->num;
     }
     case S_HEADER: {
+        int r = hcache_match(&m->m.blob, n->hdr, n->str);
+        if (r >= 0)
+            return r;
         if (!load_header(s, m))
             return 0;
         buf v;
         buf_init(&v);
         int present = mime_header_value(m->mp, m->data, n->hdr, &v);
-        int r = present && contains((const char *)v.data, v.len, n->str);
+        r = present && contains((const char *)v.data, v.len, n->str);
+        hcache_put(&m->m.blob, n->hdr, present, (const char *)v.data, v.len);
         buf_free(&v);
         return r;
     }

@@ -83,12 +83,27 @@ static void push(collect *c, uint32_t uid)
     c->out[c->n++] = uid;
 }
 
+/* Room for want more uids (a range is copied in one go). */
+static void reserve(collect *c, size_t want)
+{
+    if (c->cap - c->n >= want)
+        return;
+    size_t cap = c->cap ? c->cap : 64;
+    while (cap - c->n < want)
+        cap *= 2;
+    c->out = realloc(c->out, cap * sizeof(uint32_t));
+    if (!c->out)
+        abort();
+    c->cap = cap;
+}
+
 static void add_view_range(void *ctx, uint32_t lo, uint32_t hi)
 {
     collect *c = ctx;
     const imap_view *v = c->v;
+    uint32_t first, end; /* view indexes [first, end) */
     if (c->by_uid) {
-        /* binary search the first uid >= lo */
+        /* binary search the first uid >= lo, then the first > hi */
         uint32_t l = 0, h = v->n;
         while (l < h) {
             uint32_t mid = l + (h - l) / 2;
@@ -97,14 +112,27 @@ static void add_view_range(void *ctx, uint32_t lo, uint32_t hi)
             else
                 h = mid;
         }
-        for (uint32_t i = l; i < v->n && v->uids[i] <= hi; i++)
-            push(c, v->uids[i]);
+        first = l;
+        h = v->n;
+        while (l < h) {
+            uint32_t mid = l + (h - l) / 2;
+            if (v->uids[mid] <= hi)
+                l = mid + 1;
+            else
+                h = mid;
+        }
+        end = l;
     } else {
         if (lo == 0)
             lo = 1;
-        for (uint32_t s = lo; s <= hi && s <= v->n; s++)
-            push(c, v->uids[s - 1]);
+        first = lo - 1;
+        end = hi < v->n ? hi : v->n;
     }
+    if (first >= end)
+        return;
+    reserve(c, end - first);
+    memcpy(c->out + c->n, v->uids + first, (size_t)(end - first) * sizeof(uint32_t));
+    c->n += end - first;
 }
 
 static int cmp_u32(const void *a, const void *b)
@@ -115,8 +143,13 @@ static int cmp_u32(const void *a, const void *b)
 
 static void sort_unique(collect *c)
 {
-    if (c->n > 1)
-        qsort(c->out, c->n, sizeof(uint32_t), cmp_u32);
+    /* "1:*" and most sets a client sends come out ascending already. */
+    int sorted = 1;
+    for (size_t i = 1; i < c->n && sorted; i++)
+        sorted = c->out[i - 1] < c->out[i];
+    if (sorted)
+        return;
+    qsort(c->out, c->n, sizeof(uint32_t), cmp_u32);
     size_t w = 0;
     for (size_t i = 0; i < c->n; i++)
         if (w == 0 || c->out[w - 1] != c->out[i])

@@ -37,6 +37,7 @@ void imap_session_idle_wake(imap_session *s);
 #define MAX_BAD_COMMANDS 20
 #define MAX_IDLE_LINE 1024
 #define OUT_LOW_WATER (256u << 10)
+#define OUT_HANDOVER (64u << 10)
 
 static void process_input(imap_session *s);
 static void session_free(imap_session *s);
@@ -352,11 +353,30 @@ static void set_callbacks(imap_session *s)
     struct timeval idle = {30 * 60 + 60, 0}; /* RFC 3501: at least 30 minutes */
     bufferevent_set_timeouts(s->bev, &idle, NULL);
     bufferevent_setwatermark(s->bev, EV_WRITE, OUT_LOW_WATER, 0);
+    /* libevent writes at most 16 KiB per call by default: a big answer
+     * would take hundreds of writev calls. */
+    bufferevent_set_max_single_write(s->bev, OUT_LOW_WATER);
     bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+}
+
+static void out_release(const void *data, size_t len, void *arg)
+{
+    (void)len;
+    (void)arg;
+    free((void *)data);
 }
 
 static void send_out(imap_session *s)
 {
+    if (s->out.len >= OUT_HANDOVER &&
+        evbuffer_add_reference(bufferevent_get_output(s->bev), s->out.data, s->out.len,
+                               out_release, NULL) == 0) {
+        /* A big answer (a FETCH slice) is handed over, not copied: the
+         * copy into fresh memory was a quarter of the loop thread's time
+         * in "FETCH 1:* (FLAGS)". libevent frees it once sent. */
+        buf_init(&s->out);
+        return;
+    }
     if (s->out.len) {
         bufferevent_write(s->bev, s->out.data, s->out.len);
         buf_reset(&s->out);
