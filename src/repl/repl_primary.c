@@ -39,7 +39,10 @@
 #include "repl/repl_internal.h"
 
 #define MAX_LINKS 8
-#define ACCT_WINDOW (16u << 20)  /* unacked bytes of one account on one link */
+/* One account may fill 3/4 of a link's window: alone it streams at full
+ * speed (the window covers the replica's apply-and-ack round trip), and
+ * other accounts still find room. */
+#define ACCT_WINDOW (P.cfg->window / 4 * 3)
 #define BATCH_BYTES (1u << 20)   /* FRAMES message size aimed at */
 #define QUANTUM_BYTES (8u << 20) /* a job yields after this when others wait */
 #define OPEN_MAX 256             /* store handles kept open when idle */
@@ -240,6 +243,15 @@ static void scan_cb(void *ctx, const char *name, const char *dir)
 {
     (void)ctx;
     add_account(name, dir);
+}
+
+/* Collects "name\0dir\0" for every account folder, without P.mu;
+ * add_account, under it, skips the ones already known. */
+static void collect_cb(void *ctx, const char *name, const char *dir)
+{
+    buf *b = ctx;
+    buf_append(b, name, strlen(name) + 1);
+    buf_append(b, dir, strlen(dir) + 1);
 }
 
 /* ---- windows ---- */
@@ -788,6 +800,18 @@ static void progress(psess *s, int64_t now)
     if (synced == s->last_synced_logged && synced == s->nacc)
         return;
     s->last_synced_logged = synced;
+    /* The big ones by name: an initial sync of a 180,000-message or 5 GB
+     * account shows how far it is. */
+    int named = 0;
+    for (size_t i = 0; i < s->nacc && named < 5; i++) {
+        sacct *sa = &s->acc[i];
+        if (sa->state == S_READY && sa->hi > sa->acked && sa->hi - sa->acked >= 10000) {
+            log_info("repl: progress peer=%s account=%s acked=%llu of=%llu bytes_acked=%llu",
+                     s->peer_store, P.accts[i]->name, (unsigned long long)sa->acked,
+                     (unsigned long long)sa->hi, (unsigned long long)sa->bytes_acked);
+            named++;
+        }
+    }
     repl_link_stats st;
     repl_link_get_stats(s->link, &st);
     log_info("repl: progress peer=%s store=%s accounts=%zu in_sync=%zu diverged=%zu failed=%zu "
@@ -849,7 +873,24 @@ static void *watcher_main(void *arg)
         int64_t now = repl_now_ms();
         if (now - last_scan >= 2000) {
             last_scan = now;
-            repl_scan_accounts(P.cfg->data_dir, scan_cb, NULL);
+            /* The folders are listed without the lock (acks keep flowing
+             * meanwhile); only the adding takes it. */
+            pthread_mutex_unlock(&P.mu);
+            buf found;
+            buf_init(&found);
+            repl_scan_accounts(P.cfg->data_dir, collect_cb, &found);
+            pthread_mutex_lock(&P.mu);
+            for (size_t off = 0; off < found.len;) {
+                const char *name = (const char *)found.data + off;
+                const char *dir = name + strlen(name) + 1;
+                add_account(name, dir);
+                off += strlen(name) + strlen(dir) + 2;
+            }
+            buf_free(&found);
+            if (P.stopping) {
+                pthread_mutex_unlock(&P.mu);
+                break;
+            }
         }
         /* Ask every new account's position; retry failed ones. */
         repl_link *to_free[MAX_LINKS];
