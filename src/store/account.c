@@ -27,6 +27,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "lib/crc32c.h"
 #include "lib/fsutil.h"
 #include "lib/log.h"
 #include "lib/sha256.h"
@@ -41,6 +42,7 @@ struct store_account {
     store_options opt;
     int lock_fd;
     int lock_depth;
+    int durable_fd;       /* log/durable, opened at the first synced commit */
     int seg_fd;           /* the segment at ix.seg */
     store_index ix;
     uint32_t since_ckpt;  /* records applied since the last checkpoint */
@@ -185,14 +187,92 @@ static int damaged(store_account *a, uint64_t seg, uint64_t off, const char *why
 }
 
 /* Reads and applies every committed record after ix's position. */
+/* ---- what a reader may see ----
+ *
+ * A writer appends its frames, then fdatasyncs, then answers. A reader in
+ * another process must not show records in between: after a power loss
+ * they could be gone, and a client would have seen a uid that is later
+ * reused. So a reader replays only what is durable:
+ *   - when no writer holds the lock (a shared flock succeeds), everything in
+ *     the log is: writers sync before they unlock;
+ *   - while a writer is at work, up to the mark it wrote after its last
+ *     sync (log/durable: u64 segment, u64 offset, u32 CRC32C of those 16
+ *     bytes). The mark is never synced itself: after a crash the lock is
+ *     free and the first rule applies. Writing it also wakes the readers
+ *     that watch the log folder (IDLE), now that the record is durable. */
+#define DURABLE_FILE "durable"
+
+static void durable_mark(store_account *a)
+{
+    if (a->durable_fd < 0) {
+        char path[4200];
+        snprintf(path, sizeof(path), "%s/" DURABLE_FILE, a->logdir);
+        a->durable_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        if (a->durable_fd < 0)
+            return; /* readers then wait for the lock to be free */
+    }
+    uint8_t m[20];
+    st64(m, a->ix.seg);
+    st64(m + 8, a->ix.off);
+    st32(m + 16, crc32c(0, m, 16));
+    if (pwrite(a->durable_fd, m, sizeof(m), 0) != (ssize_t)sizeof(m))
+        log_warn("store: account=%s cannot write the durable mark: %s", a->name,
+                 strerror(errno));
+}
+
+/* The end of what a reader (no lock held) may replay. */
+static void reader_limit(store_account *a, uint64_t *seg, uint64_t *off)
+{
+    *seg = UINT64_MAX;
+    *off = UINT64_MAX;
+    if (a->lock_fd < 0)
+        return;
+    if (flock(a->lock_fd, LOCK_SH | LOCK_NB) == 0) {
+        uint64_t last = a->ix.seg;
+        while (seg_exists(a, last + 1))
+            last++;
+        char path[4200];
+        struct stat st;
+        log_seg_path(a->logdir, last, path, sizeof(path));
+        if (stat(path, &st) == 0) {
+            *seg = last;
+            *off = (uint64_t)st.st_size;
+        }
+        flock(a->lock_fd, LOCK_UN);
+        return;
+    }
+    *seg = a->ix.seg; /* no mark: stay where we are */
+    *off = a->ix.off;
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/" DURABLE_FILE, a->logdir);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    uint8_t m[20];
+    if (pread(fd, m, sizeof(m), 0) == (ssize_t)sizeof(m) && crc32c(0, m, 16) == le32(m + 16)) {
+        uint64_t ms = le64(m), mo = le64(m + 8);
+        if (ms > a->ix.seg || (ms == a->ix.seg && mo > a->ix.off)) {
+            *seg = ms;
+            *off = mo;
+        }
+    }
+    close(fd);
+}
+
 static int replay(store_account *a, hv_err *err)
 {
+    uint64_t lim_seg = UINT64_MAX, lim_off = UINT64_MAX;
+    if (a->lock_depth == 0)
+        reader_limit(a, &lim_seg, &lim_off);
     for (;;) {
         struct stat st;
         if (fstat(a->seg_fd, &st) < 0)
             return hv_err_sys(err, "account %s: stat log", a->name);
+        uint64_t end = (uint64_t)st.st_size;
+        if (a->ix.seg == lim_seg && end > lim_off)
+            end = lim_off < a->ix.off ? a->ix.off : lim_off;
         log_reader lr;
-        log_reader_init(&lr, a->seg_fd, a->ix.seg, a->ix.off, (uint64_t)st.st_size);
+        log_reader_init(&lr, a->seg_fd, a->ix.seg, a->ix.off, end);
         const uint8_t *f;
         size_t n;
         enum log_next r;
@@ -229,7 +309,7 @@ static int replay(store_account *a, hv_err *err)
             return rc;
         int next = seg_exists(a, a->ix.seg + 1);
         if (r == LOG_END) {
-            if (!next)
+            if (!next || a->ix.seg >= lim_seg)
                 return 0;
             uint64_t base;
             if ((rc = seg_open(a, a->ix.seg + 1, err)) < 0)
@@ -437,6 +517,7 @@ int store_open(const char *dir, const char *name, int flags, const store_options
     snprintf(a->logdir, sizeof(a->logdir), "%s/log", dir);
     snprintf(a->ckpt_path, sizeof(a->ckpt_path), "%s/index/index.ckpt", dir);
     a->seg_fd = -1;
+    a->durable_fd = -1;
     ix_init(&a->ix);
     buf_init(&a->wbuf);
     buf_init(&a->scratch);
@@ -520,6 +601,8 @@ void store_close(store_account *a)
         close(a->seg_fd);
     if (a->lock_fd >= 0)
         close(a->lock_fd);
+    if (a->durable_fd >= 0)
+        close(a->durable_fd);
     ix_free(&a->ix);
     inl_clear(a);
     buf_free(&a->wbuf);
@@ -583,7 +666,10 @@ static int wr_commit(store_account *a, const buf *b, int sync, hv_err *err)
             log_error("store: account=%s cannot cut failed write: %s", a->name, strerror(errno));
         return rc;
     }
-    return replay(a, err);
+    rc = replay(a, err);
+    if (rc == 0 && sync)
+        durable_mark(a);
+    return rc;
 }
 
 static void rec_base(store_account *a, store_record *r, enum store_rec_type t, uint32_t mailbox,

@@ -644,6 +644,77 @@ TEST(replica_applies_primary_frames)
     free(body);
 }
 
+static int grab_last(void *ctx, const store_record *r)
+{
+    buf *b = ctx;
+    buf_reset(b);
+    buf_append(b, r->raw, r->raw_len);
+    return 0;
+}
+
+/* Readers show only what is durable: while a writer holds the lock, bytes
+ * past its last synced commit (the durable mark) stay invisible; once the
+ * lock is free, everything in the log counts. */
+TEST(readers_see_only_durable_records)
+{
+    store_account *w = fresh();
+    hv_err err = {0};
+    uint32_t inbox, uid, n = 0;
+    CHECK(store_mailbox_create(w, "INBOX", 0, &inbox, &err) == 0);
+    CHECK(store_append(w, inbox, "a\r\n", 3, 0, 5, &uid, &err) == 0);
+    store_account *r, *w2;
+    CHECK(store_open(acct_dir, "t@example.org", 0, NULL, &r, &err) == 0);
+    CHECK(store_open(acct_dir, "t@example.org", 0, NULL, &w2, &err) == 0);
+    CHECK(store_msg_count(r, inbox, &n) == 0 && n == 1);
+
+    /* A frame that a writer has written but not synced: the next append's
+     * frame, produced in a scratch copy of the account, put at the end of
+     * the log while another handle holds the write lock. */
+    char copy[4200], cmd[9000];
+    snprintf(copy, sizeof(copy), "%s.copy", acct_dir);
+    snprintf(cmd, sizeof(cmd), "cp -a '%s' '%s'", acct_dir, copy);
+    CHECK(system(cmd) == 0);
+    store_account *c;
+    CHECK(store_open(copy, "t@example.org", 0, NULL, &c, &err) == 0);
+    CHECK(store_append(c, inbox, "b\r\n", 3, 0, 5, &uid, &err) == 0);
+    buf frame;
+    buf_init(&frame);
+    CHECK(store_changes_since(c, store_highest_modseq(c) - 1, grab_last, &frame, &err) == 0);
+    CHECK(frame.len > 0);
+    store_close(c);
+
+    store_batch *b;
+    CHECK(store_batch_begin(w2, &b, &err) == 0); /* holds the write lock */
+    char seg[4200];
+    snprintf(seg, sizeof(seg), "%s/log/%020llu.log", acct_dir, 1ULL);
+    int fd = open(seg, O_WRONLY | O_APPEND);
+    CHECK(fd >= 0);
+    CHECK(write(fd, frame.data, frame.len) == (ssize_t)frame.len);
+    close(fd);
+    CHECK(store_refresh(r, &err) == 0);
+    CHECK(store_msg_count(r, inbox, &n) == 0 && n == 1); /* not durable yet */
+    store_batch_abort(b);                                /* the lock is free */
+    CHECK(store_refresh(r, &err) == 0);
+    CHECK(store_msg_count(r, inbox, &n) == 0 && n == 2);
+
+    /* A synced commit moves the mark: readers see it even while another
+     * writer holds the lock right after. */
+    CHECK(store_append(w, inbox, "c\r\n", 3, 0, 5, &uid, &err) == 0);
+    CHECK(store_batch_begin(w2, &b, &err) == 0);
+    CHECK(store_refresh(r, &err) == 0);
+    CHECK(store_msg_count(r, inbox, &n) == 0 && n == 3);
+    store_batch_abort(b);
+    buf_free(&frame);
+    store_close(w2);
+    store_close(r);
+    store_close(w);
+    CHECK(access(acct_dir, F_OK) == 0);
+    char mark[4200];
+    snprintf(mark, sizeof(mark), "%s/log/durable", acct_dir);
+    CHECK(access(mark, F_OK) == 0);
+    CHECK(verify_problems() == 0);
+}
+
 int main(void)
 {
     RUN(mailboxes_create_rename_delete);
@@ -661,5 +732,6 @@ int main(void)
     RUN(account_dir_rejects_unsafe_addresses);
     RUN(delivery_ids_make_retries_idempotent);
     RUN(replica_applies_primary_frames);
+    RUN(readers_see_only_durable_records);
     return t_done();
 }
