@@ -48,6 +48,11 @@ void imap_account_put(imap_server *srv, imap_account *a);
 /* A change was committed (from any thread): wake idle sessions. */
 void imap_account_changed(imap_account *a);
 
+/* Sync replication: the calling worker's handle (NULL when not in sync
+ * mode). See repl/repl_sync.h. */
+struct repl_sync;
+int imap_worker_repl_sync(struct imap_server *srv, struct repl_sync **out, hv_err *err);
+
 /* ---- the server ---- */
 typedef struct imap_limits {
     size_t max_line_preauth, max_line;

@@ -24,6 +24,7 @@
 
 #include "imap/imap_internal.h"
 #include "lib/log.h"
+#include "repl/repl_sync.h"
 #include "lib/tls.h"
 
 void imap_session_accept(imap_server *srv, int fd, int tls);
@@ -40,6 +41,26 @@ typedef struct imap_job {
 static pthread_key_t dir_key;
 
 static void dir_key_free(void *p) { dir_close(p); }
+
+static pthread_key_t sync_key;
+static void sync_key_free(void *p) { repl_sync_close(p); }
+
+/* The worker's handle on the repl service's sync waits; NULL when the
+ * store is not in sync mode (or the handle cannot be made: then the wait
+ * is refused, never skipped). */
+int imap_worker_repl_sync(imap_server *srv, repl_sync **out, hv_err *err)
+{
+    repl_sync *rs = pthread_getspecific(sync_key);
+    if (!rs) {
+        int rc = repl_sync_open(srv->conf, &rs, err);
+        if (rc < 0)
+            return rc;
+        if (rs)
+            pthread_setspecific(sync_key, rs);
+    }
+    *out = rs;
+    return 0;
+}
 
 dir *imap_worker_dir(imap_server *srv, hv_err *err)
 {
@@ -267,6 +288,7 @@ int imap_service_run(const conf *c, int fd_plain, int fd_tls, hv_err *err)
     pthread_mutex_init(&srv->amu, NULL);
     pthread_mutex_init(&srv->fmu, NULL);
     pthread_key_create(&dir_key, dir_key_free);
+    pthread_key_create(&sync_key, sync_key_free);
     srv->inotify_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
     if (srv->inotify_fd >= 0) {
         srv->inotify_ev = event_new(srv->base, srv->inotify_fd, EV_READ | EV_PERSIST, inotify_cb,

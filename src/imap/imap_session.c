@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "imap/imap_internal.h"
+#include "repl/repl_sync.h"
 #include "lib/log.h"
 
 void imap_session_accept(imap_server *srv, int fd, int tls);
@@ -613,6 +614,40 @@ static void process_input(imap_session *s)
         close_when_flushed(s);
 }
 
+/* In sync replication mode, a command that wrote is answered only once
+ * enough replicas hold its changes (repl_sync_wait). If they do not in
+ * time and the store refuses unconfirmed writes, the tagged OK already in
+ * the output becomes NO [UNAVAILABLE]: the change is kept on this server
+ * (it is durable here, and replicas get it when they return), but the
+ * client is not told it is safe. Worker thread, account mutex not held. */
+static void await_replicas(imap_session *s, uint64_t modseq)
+{
+    struct repl_sync *rs = NULL;
+    hv_err err = {0};
+    int degraded = 0;
+    int rc = imap_worker_repl_sync(s->srv, &rs, &err);
+    if (rc == 0 && !rs)
+        return; /* async: nothing to wait for */
+    if (rc == 0)
+        rc = repl_sync_wait(rs, s->acct->address, modseq, &degraded, &err);
+    if (rc == 0)
+        return;
+    log_warn("imap: session=%s account=%s modseq=%llu not confirmed by replicas: %s", s->id,
+             s->acct->address, (unsigned long long)modseq, err.msg);
+    size_t tl = strlen(s->tag);
+    buf *o = &s->out;
+    /* The tagged reply is the last line of the output. */
+    size_t i = o->len >= 2 ? o->len - 2 : 0;
+    while (i > 0 && !(o->data[i - 1] == '\n'))
+        i--;
+    if (o->len - i > tl + 4 && memcmp(o->data + i, s->tag, tl) == 0 &&
+        memcmp(o->data + i + tl, " OK", 3) == 0) {
+        o->len = i;
+        imap_out(s, "%s NO [UNAVAILABLE] done on this server, but not confirmed by its "
+                    "replicas: %s\r\n", s->tag, err.msg);
+    }
+}
+
 /* Worker thread. */
 void imap_session_run(imap_session *s)
 {
@@ -636,9 +671,12 @@ void imap_session_run(imap_session *s)
     } else if (s->mode == IMAP_MODE_SASL) {
         imap_sasl_line(s, (const char *)s->line.data);
     }
-    int changed = a && store_highest_modseq(a->st) != before;
+    uint64_t after = a ? store_highest_modseq(a->st) : 0;
+    int changed = a && after != before;
     if (a)
         pthread_mutex_unlock(&a->mu);
+    if (changed)
+        await_replicas(s, after);
     /* A command that changed the account wakes the idlers of other
      * sessions in this process (other processes hear it via inotify);
      * read-only commands wake nobody. */

@@ -23,6 +23,7 @@
 #include <time.h>
 
 #include "lib/log.h"
+#include "repl/repl_sync.h"
 #include "smtp/smtp_internal.h"
 
 /* Bytes the account holds (the sum over its mailboxes), as quota counts. */
@@ -70,7 +71,7 @@ typedef struct lmtp_delivery {
 } lmtp_delivery;
 
 /* Writes a group of deliveries in one batch. Runs with the store taken. */
-static void write_group(lmtp_account *a, lmtp_delivery *list)
+static void write_group(smtp_server *srv, lmtp_account *a, lmtp_delivery *list)
 {
     hv_err err = {0};
     store_account *st = a->st;
@@ -126,10 +127,30 @@ static void write_group(lmtp_account *a, lmtp_delivery *list)
                     snprintf(d->why, sizeof(d->why), "%s", err.msg);
                 }
     }
+    /* Sync replication: success only once replicas hold the batch (also
+     * for duplicates: a retry must not be acknowledged before the first
+     * copy is replicated). One wait covers the whole batch. */
+    int any = 0;
+    for (lmtp_delivery *d = list; d; d = d->next)
+        any |= d->rc == 0;
+    if (any) {
+        hv_err rerr = {0};
+        repl_sync *rs = NULL;
+        int degraded = 0;
+        int wrc = lmtp_worker_repl_sync(srv, &rs, &rerr);
+        if (wrc == 0 && rs)
+            wrc = repl_sync_wait(rs, a->address, store_highest_modseq(st), &degraded, &rerr);
+        if (wrc < 0)
+            for (lmtp_delivery *d = list; d; d = d->next)
+                if (d->rc == 0) {
+                    d->rc = -EAGAIN;
+                    snprintf(d->why, sizeof(d->why), "not confirmed by replicas: %.400s", rerr.msg);
+                }
+    }
 }
 
 /* Hands one delivery to the account's next batch and waits for it. */
-static void deliver_grouped(lmtp_account *a, lmtp_delivery *me)
+static void deliver_grouped(smtp_server *srv, lmtp_account *a, lmtp_delivery *me)
 {
     pthread_mutex_lock(&a->mu);
     me->next = NULL;
@@ -146,7 +167,7 @@ static void deliver_grouped(lmtp_account *a, lmtp_delivery *me)
         a->pending_tail = &a->pending;
         a->busy = 1;
         pthread_mutex_unlock(&a->mu);
-        write_group(a, list);
+        write_group(srv, a, list);
         pthread_mutex_lock(&a->mu);
         for (lmtp_delivery *d = list, *nx; d; d = nx) {
             nx = d->next; /* d may be gone once done is seen */
@@ -255,7 +276,7 @@ static void deliver_one(smtp_session *s, smtp_rcpt *r, buf *tmp)
     buf_printf(tmp, "Return-Path: <%s>\r\nDelivered-To: %s\r\n", s->mail_from, r->addr);
     buf_append(tmp, s->msg.data ? s->msg.data : (const uint8_t *)"", s->msg.len);
     lmtp_delivery dl = {.did = r->did, .data = tmp->data, .len = tmp->len, .quota = r->quota};
-    deliver_grouped(a, &dl);
+    deliver_grouped(s->srv, a, &dl);
     lmtp_account_put(s->srv, a);
     int rc = dl.rc, dup = dl.dup;
     uint32_t uid = dl.uid;
@@ -275,6 +296,9 @@ static void deliver_one(smtp_session *s, smtp_rcpt *r, buf *tmp)
                   s->id, s->mail_from, r->addr, r->account, tmp->len, err.msg);
         if (rc == -ENOSPC)
             smtp_out(s, "452 4.3.1 <%s> insufficient system storage", r->addr);
+        else if (rc == -EAGAIN)
+            smtp_out(s, "451 4.3.0 <%s> stored here but not confirmed by replicas; try again "
+                        "later", r->addr);
         else if (rc == -EFBIG)
             smtp_out(s, "552 5.3.4 <%s> message too big for the mailbox", r->addr);
         else

@@ -64,6 +64,10 @@ typedef struct lmtp_account {
 
 lmtp_account *lmtp_account_get(smtp_server *srv, const char *address, hv_err *err);
 void lmtp_account_put(smtp_server *srv, lmtp_account *a);
+/* The calling worker's handle for sync replication waits (NULL when the
+ * store is not in sync mode); repl/repl_sync.h. */
+struct repl_sync;
+int lmtp_worker_repl_sync(smtp_server *srv, struct repl_sync **out, hv_err *err);
 
 /* ---- the server ---- */
 struct smtp_server {

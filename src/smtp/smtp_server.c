@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "lib/log.h"
+#include "repl/repl_sync.h"
 #include "lib/tls.h"
 #include "smtp/smtp_internal.h"
 
@@ -91,6 +92,26 @@ static void *worker_main(void *arg)
  * the next delivery to the same account, the usual case under load, finds
  * its index in memory instead of replaying the log. */
 #define ACCOUNT_CACHE 256
+
+static pthread_key_t sync_key;
+static pthread_once_t sync_once = PTHREAD_ONCE_INIT;
+static void sync_key_free(void *p) { repl_sync_close(p); }
+static void sync_key_make(void) { pthread_key_create(&sync_key, sync_key_free); }
+
+int lmtp_worker_repl_sync(smtp_server *srv, repl_sync **out, hv_err *err)
+{
+    pthread_once(&sync_once, sync_key_make);
+    repl_sync *rs = pthread_getspecific(sync_key);
+    if (!rs) {
+        int rc = repl_sync_open(srv->conf, &rs, err);
+        if (rc < 0)
+            return rc;
+        if (rs)
+            pthread_setspecific(sync_key, rs);
+    }
+    *out = rs;
+    return 0;
+}
 
 lmtp_account *lmtp_account_get(smtp_server *srv, const char *address, hv_err *err)
 {

@@ -10,7 +10,14 @@ the primary's store and then calls repl_sync_wait exactly as a writer
      the store degrades (alarm in the status), the writes stand and are
      acknowledged; the replica comes back, catches up, sync is restored;
   3. policy refuse: with the replica away, writes are refused.
+Then the writers themselves, with real clients: an IMAP APPEND is answered
+OK only when the replica already holds the message; with the replica away
+and policy refuse, APPEND gets NO [UNAVAILABLE] and mail over SMTP waits in
+the queue (deferred, not bounced) until the replica is back, then arrives
+exactly once.
 """
+import imaplib
+import smtplib
 import os
 import subprocess
 import sys
@@ -55,6 +62,13 @@ def wait_for(cond, what, tries=200):
     raise AssertionError("never: " + what)
 
 
+def replica_count(rep, account):
+    p = rep.haven("export", account, "INBOX", "--mbox", "-", check=False)
+    if p.returncode != 0:
+        return 0
+    return sum(1 for line in p.stdout.splitlines() if line.startswith("From "))
+
+
 def main():
     subprocess.run(["make", "-s", "-C", ROOT, "build/bench/repl/repl_bench"], check=True)
     port = free_port()
@@ -86,9 +100,24 @@ def main():
         assert r["ok"] == 5, r
         print("PASS replica back: caught up, sync restored")
 
+        # Real writers: the OK of an APPEND means the replica has it.
+        pri.add_user("dave@example.org", "pw-dave")
+        c = pri.imap("dave@example.org", "pw-dave")
+        base = replica_count(rep, "dave@example.org")
+        for i in range(5):
+            typ, data = c.append("INBOX", None, None,
+                                 b"Subject: sync %d\r\n\r\nbody %d\r\n" % (i, i))
+            assert typ == "OK", (typ, data)
+            n = replica_count(rep, "dave@example.org")
+            assert n == base + i + 1, "APPEND OK before the replica had it (%d)" % n
+        c.logout()
+        print("PASS IMAP APPEND answered OK only once the replica holds the message")
+
         rep.stop()
         pri.stop()
         pri.set_conf("repl_sync_on_timeout", "refuse")
+        pri.set_conf("queue_retry_min", "1")
+        pri.set_conf("queue_retry_max", "2")
         pri.start()
         pri.wait_port(port)
         # The port is bound by the master; the service answers a moment later.
@@ -96,8 +125,29 @@ def main():
         r = syncwrite(pri, "carol@example.org", 3)
         assert r["refused"] == 3 and r["ok"] == 0 and r["degraded"] == 0, r
         assert "state=refusing" in status(pri)
+        c = pri.imap("dave@example.org", "pw-dave")
+        try:
+            typ, data = c.append("INBOX", None, None, b"Subject: refused\r\n\r\nx\r\n")
+        except imaplib.IMAP4.error as e:
+            typ, data = "NO", [str(e).encode()]
+        assert typ == "NO" and b"UNAVAILABLE" in data[0], (typ, data)
+        c.logout()
+        s = smtplib.SMTP("127.0.0.1", pri.ports["smtp"], timeout=30)
+        s.sendmail("sender@client.test", ["dave@example.org"],
+                   b"Subject: queued while refusing\r\n\r\nwait for the replica\r\n")
+        s.quit()
+        wait_for(lambda: "replicas" in pri.haven("queue", "list", check=False).stdout,
+                 "delivery deferred: not confirmed by replicas")
+        q = pri.haven("queue", "list").stdout
+        assert "deferred" in q and "bounced" not in q, q
+        print("PASS policy refuse: APPEND gets NO [UNAVAILABLE], SMTP mail waits deferred")
         rep.start()
         wait_for(lambda: "state=sync " in status(pri), "sync restored after refusing")
+        pri.haven("queue", "flush")
+        wait_for(lambda: "queued while refusing" in pri.imap_header(
+            "dave@example.org", "pw-dave", "Subject").__str__(), "deferred mail delivered")
+        subjects = str(pri.imap_header("dave@example.org", "pw-dave", "Subject"))
+        assert subjects.count("queued while refusing") == 1, subjects
         p = pri.haven("replcheck", check=False)
         assert p.returncode == 0, p.stdout + p.stderr
         print("PASS policy refuse: writes refused while the replica is away; then restored")
