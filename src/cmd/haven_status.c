@@ -25,6 +25,7 @@
 #include "lib/buf.h"
 #include "lib/conf.h"
 #include "lib/fsutil.h"
+#include "repl/repl.h"
 #include "store/store.h"
 
 /* Long enough for a daemon that is merely busy, short enough that a hung
@@ -114,6 +115,21 @@ int cmd_status(haven_ctx *ctx, int argc, char **argv)
         fwrite(reply.data, 1, reply.len, stdout);
         int failed = reply.len >= 6 && memcmp(reply.data, "error:", 6) == 0;
         buf_free(&reply);
+        if (!failed && repl_configured(ctx->conf)) {
+            /* Replication: links, lag per store and account, bytes/s. */
+            buf rs;
+            buf_init(&rs);
+            hv_err rerr = {0};
+            if (repl_ctl_ask(ctx->conf, "status", &rs, 5000, &rerr) == 0) {
+                printf("replication:\n");
+                fwrite(rs.data, 1, rs.len, stdout);
+                if (rs.len && rs.data[rs.len - 1] != '\n')
+                    putchar('\n');
+            } else {
+                printf("replication: no answer (%s)\n", rerr.msg);
+            }
+            buf_free(&rs);
+        }
         return failed ? cmd_fail("havend refused 'status'") : 0;
     }
 

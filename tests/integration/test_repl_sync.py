@@ -79,6 +79,8 @@ def main():
         pri.wait_port(port)
         rep.start()
         wait_for(lambda: "link=up" in status(pri), "replica connected")
+        st = pri.haven("status").stdout
+        assert "replication:" in st and "link=up" in st, st
 
         r = syncwrite(pri, "carol@example.org", 40)
         assert r == {"ok": 40, "degraded": 0, "refused": 0, "modseq": r["modseq"]}, r
