@@ -19,6 +19,7 @@
 #include "cmd/haven_cmd.h"
 #include "cmd/version.h"
 #include "lib/conf.h"
+#include "store/store.h"
 
 typedef int (*cmd_handler)(haven_ctx *ctx, int argc, char **argv);
 
@@ -278,6 +279,13 @@ int main(int argc, char **argv)
                                 ctx.conf_path, strerror(-err.code));
             return cmd_fail("%s", err.msg);
         }
+        /* A fenced store (a replica, a demoted primary) refuses writes
+         * from the operator command too: `import` into a replica would
+         * make it diverge. */
+        char data[4096], fence[4200];
+        conf_path(ctx.conf, "data_dir", data, sizeof(data));
+        snprintf(fence, sizeof(fence), "%s/fence", data);
+        store_set_fence(fence);
     }
     int rc = c->handler(&ctx, sub_argc, sub_argv);
     conf_free(ctx.conf);

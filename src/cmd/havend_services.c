@@ -27,6 +27,7 @@
 #include "lib/log.h"
 #include "repl/repl.h"
 #include "smtp/smtp.h"
+#include "store/store.h"
 
 #define SERVICE_FDS 3
 
@@ -150,6 +151,10 @@ static void start_one(havend *d, service *sv)
                     if (services[i].fds[k] >= 0)
                         close(services[i].fds[k]);
         log_init(sv->name, !d->foreground, LOG_LVL_INFO);
+        char data[4096], fence[4200];
+        conf_path(d->conf, "data_dir", data, sizeof(data));
+        snprintf(fence, sizeof(fence), "%s/fence", data);
+        store_set_fence(fence);
         hv_err err = {0};
         int rc = run_service(d, sv, &err);
         if (rc < 0)

@@ -616,10 +616,41 @@ int store_refresh(store_account *a, hv_err *err) { return replay(a, err); }
 
 /* ---- writing ---- */
 
+/* ---- fencing ---- */
+
+static char fence_path[4096];
+static __thread int fence_bypass; /* store_apply_frames on a replica */
+
+void store_set_fence(const char *path)
+{
+    snprintf(fence_path, sizeof(fence_path), "%s", path ? path : "");
+}
+
+int store_fenced(char *why, size_t len)
+{
+    if (!fence_path[0])
+        return 0;
+    int fd = open(fence_path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, why, len ? len - 1 : 0);
+    close(fd);
+    if (len) {
+        why[n > 0 ? n : 0] = 0;
+        why[strcspn(why, "\r\n")] = 0;
+        if (!why[0])
+            snprintf(why, len, "this store is fenced");
+    }
+    return 1;
+}
+
 static int wr_begin(store_account *a, hv_err *err)
 {
     if (a->flags & STORE_OPEN_READONLY)
         return hv_err_set(err, -EROFS, "account %s is open read-only", a->name);
+    char why[256];
+    if (!fence_bypass && store_fenced(why, sizeof(why)))
+        return hv_err_set(err, -EROFS, "account %s cannot be written here: %s", a->name, why);
     int rc = lock_take(a, err);
     if (rc == 0 && (rc = replay(a, err)) < 0)
         lock_drop(a);
@@ -758,7 +789,12 @@ static int inl_spill(store_account *a, hv_err *err)
 
 int store_checkpoint(store_account *a, hv_err *err)
 {
+    /* Local upkeep of the index, not a change of mail: allowed when
+     * fenced (replicas checkpoint too). */
+    int bypass = fence_bypass;
+    fence_bypass = 1;
     int rc = wr_begin(a, err);
+    fence_bypass = bypass;
     if (rc < 0)
         return rc;
     rc = inl_spill(a, err);
@@ -1791,7 +1827,11 @@ int store_blob_import(store_account *a, const store_blob_id *id, const void *dat
 
 int store_apply_frames(store_account *a, const void *frames, size_t len, hv_err *err)
 {
+    /* A fenced store is a replica (or an old primary rejoining as one):
+     * the primary's records are exactly what it must still take. */
+    fence_bypass = 1;
     int rc = wr_begin(a, err);
+    fence_bypass = 0;
     if (rc < 0)
         return rc;
     /* Check everything before writing anything: a replica's log must stay

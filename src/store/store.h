@@ -300,6 +300,19 @@ int store_blob_import(store_account *a, const store_blob_id *id, const void *dat
  * its blob present (-ENOENT). All or nothing: on error nothing is written. */
 int store_apply_frames(store_account *a, const void *frames, size_t len, hv_err *err);
 
+/* --- fencing (replication and failover) ---
+ *
+ * While the file at path exists, every write through this process's
+ * handles fails with -EROFS, the file's first line being the reason
+ * ("replica of store X", "fenced: store promoted elsewhere at epoch N").
+ * Replicas keep applying the primary's frames (store_apply_frames). The
+ * file is checked at every write, so creating or removing it takes effect
+ * at once in every process. Services and the haven command set it to
+ * DATA/fence; NULL or "" turns fencing off (tests, tools). */
+void store_set_fence(const char *path);
+/* 1 when fenced now (why gets the reason), else 0. */
+int store_fenced(char *why, size_t len);
+
 /* --- offline tools (haven verify / reconstruct) --- */
 typedef void (*store_report_cb)(void *ctx, const char *problem);
 /* Checks every CRC, every blob hash and the index against the log; reports

@@ -604,7 +604,8 @@ TEST(replica_applies_primary_frames)
     char rdir[4200];
     snprintf(rdir, sizeof(rdir), "%s.replica", acct_dir);
     store_account *r = NULL;
-    CHECK(store_open(rdir, "t@example.org", STORE_OPEN_CREATE, NULL, &r, &err) == 0);
+    int rc = store_open(rdir, "t@example.org", STORE_OPEN_CREATE, NULL, &r, &err);
+    CHECKM(rc == 0, "%s", err.msg);
     ship sh = {.primary = a, .replica = r};
     buf_init(&sh.frames);
     CHECK(store_changes_since(a, 0, ship_one, &sh, &err) == 0);
@@ -715,6 +716,58 @@ TEST(readers_see_only_durable_records)
     CHECK(verify_problems() == 0);
 }
 
+/* A fence file stops every write at once (a replica, a demoted primary),
+ * except the primary's frames that a replica applies. */
+TEST(fence_refuses_writes_but_not_replication)
+{
+    store_account *a = fresh();
+    hv_err err = {0};
+    uint32_t inbox, uid;
+    CHECK(store_mailbox_create(a, "INBOX", 0, &inbox, &err) == 0);
+    char fence[4200], why[128];
+    snprintf(fence, sizeof(fence), "%s.fence", acct_dir);
+    store_set_fence(fence);
+    CHECK(store_fenced(why, sizeof(why)) == 0);
+    FILE *f = fopen(fence, "w");
+    CHECK(f != NULL);
+    fputs("replica of store east\n", f);
+    fclose(f);
+    CHECK(store_fenced(why, sizeof(why)) == 1 && strcmp(why, "replica of store east") == 0);
+    int rc = store_append(a, inbox, "x\r\n", 3, 0, 0, &uid, &err);
+    CHECKM(rc == -EROFS && strstr(err.msg, "replica of store east"), "%d %s", rc, err.msg);
+    CHECK(store_mailbox_create(a, "Other", 0, NULL, &err) == -EROFS);
+
+    /* The replica side: frames from a primary still apply. */
+    char pdir[4200];
+    snprintf(pdir, sizeof(pdir), "%s.primary", acct_dir);
+    store_set_fence(NULL);
+    store_account *p = NULL;
+    CHECK(store_open(pdir, "t@example.org", STORE_OPEN_CREATE, NULL, &p, &err) == 0);
+    CHECK(store_mailbox_create(p, "INBOX", 0, NULL, &err) == 0);
+    CHECK(store_append(p, inbox, "y\r\n", 3, 0, 0, &uid, &err) == 0);
+    store_set_fence(fence);
+    store_account *r = NULL;
+    char rdir[4200];
+    snprintf(rdir, sizeof(rdir), "%s.rep", acct_dir);
+    rc = store_open(rdir, "t@example.org", STORE_OPEN_CREATE, NULL, &r, &err);
+    CHECKM(rc == 0, "%s", err.msg);
+    buf frames;
+    buf_init(&frames);
+    ship sh = {.primary = p, .replica = r};
+    sh.frames = frames;
+    CHECK(store_changes_since(p, 0, ship_one, &sh, &err) == 0);
+    CHECK(store_apply_frames(r, sh.frames.data, sh.frames.len, &err) == 0);
+    CHECK(store_highest_modseq(r) == store_highest_modseq(p));
+    buf_free(&sh.frames);
+
+    CHECK(unlink(fence) == 0);
+    CHECK(store_append(a, inbox, "x\r\n", 3, 0, 0, &uid, &err) == 0);
+    store_set_fence(NULL);
+    store_close(r);
+    store_close(p);
+    store_close(a);
+}
+
 int main(void)
 {
     RUN(mailboxes_create_rename_delete);
@@ -733,5 +786,6 @@ int main(void)
     RUN(delivery_ids_make_retries_idempotent);
     RUN(replica_applies_primary_frames);
     RUN(readers_see_only_durable_records);
+    RUN(fence_refuses_writes_but_not_replication);
     return t_done();
 }
