@@ -51,10 +51,20 @@ def _group_alive(pgid):
     return False
 
 
+_handed_out = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nobody listens on now, and that this process has not
+    handed out before (the kernel may offer a just-closed port again, and
+    two services of one instance on one port fail `haven init`)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 class Instance:
