@@ -156,8 +156,20 @@ static int export_to_mbox(export_run *r, const store_mailbox_info *mi, const cha
 {
     export_mbox x = {.fd = 1, .path = "standard output"};
     char tmp[4200] = "";
+    int own_fd = 0;
+    struct stat st;
+    if (strcmp(file, "-") != 0 && stat(file, &st) == 0 && !S_ISREG(st.st_mode)) {
+        /* A device or a pipe (/dev/null, a FIFO): write into it. Writing
+         * beside it and renaming would replace it with a regular file,
+         * which for /dev/null as root breaks the whole machine. */
+        x.fd = open(file, O_WRONLY | O_CLOEXEC);
+        if (x.fd < 0)
+            return hv_err_sys(err, "open %s", file);
+        x.path = file;
+        own_fd = 1;
+    }
     buf_init(&x.out);
-    if (strcmp(file, "-") != 0) {
+    if (strcmp(file, "-") != 0 && !own_fd) {
         snprintf(tmp, sizeof(tmp), "%s.haven-export.%d", file, (int)getpid());
         x.fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
         if (x.fd < 0)
@@ -170,6 +182,10 @@ static int export_to_mbox(export_run *r, const store_mailbox_info *mi, const cha
     buf_free(&x.out);
     if (x.fd == 1)
         return rc;
+    if (own_fd) {
+        close(x.fd);
+        return rc;
+    }
     if (rc == 0 && fsync(x.fd) < 0)
         rc = hv_err_sys(err, "sync %s", tmp);
     close(x.fd);

@@ -147,6 +147,15 @@ h export x@example.org Archive/Sub/Folder --mbox /dev/null > out.txt
 grep -q "^exported 20 messages" out.txt || fail "subfolder Archive/Sub/Folder"
 h export x@example.org "Archive/Entw$(printf '\303\274')rfe" --mbox /dev/null > out.txt \
     || fail "modified UTF-7 folder name not decoded"
+# Exporting into a device or a pipe writes into it: it is not replaced by a
+# regular file (as root, a rename over /dev/null would break the machine).
+[ -c /dev/null ] || fail "export replaced /dev/null"
+mkfifo fifo
+cat fifo > from_fifo.mbox &
+h export x@example.org Archive/Sub/Folder --mbox fifo > out.txt || fail "export into a FIFO"
+wait
+[ -p fifo ] || fail "export replaced the FIFO"
+[ "$(grep -c '^From ' from_fifo.mbox)" -eq 20 ] || fail "FIFO got $(grep -c '^From ' from_fifo.mbox) messages"
 
 step "Maildir export: same bodies, flags and dates"
 h export x@example.org Archive --maildir md1 > /dev/null
