@@ -10,8 +10,10 @@
 CC      ?= cc
 OPT     ?= -O2
 CFLAGS  += -std=c17 -D_GNU_SOURCE -g $(OPT) -Wall -Wextra -Wshadow -Wstrict-prototypes \
-           -Wmissing-prototypes -Wno-missing-field-initializers -Isrc
-LDLIBS  += -levent_openssl -levent_pthreads -levent_core -lssl -lcrypto -lsqlite3 -lcrypt -lresolv -lpthread
+           -Wmissing-prototypes -Wno-missing-field-initializers -Isrc $(PQ_CFLAGS)
+# libpq (the PostgreSQL directory backend) keeps its header in a folder of its own.
+PQ_CFLAGS := $(shell pkg-config --cflags libpq 2>/dev/null || echo -I/usr/include/postgresql)
+LDLIBS  += -levent_openssl -levent_pthreads -levent_core -lssl -lcrypto -lsqlite3 -lpq -lcrypt -lresolv -lpthread
 SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
 LIB_SRC    := $(sort $(filter-out src/cmd/%,$(wildcard src/*/*.c)))
@@ -72,7 +74,7 @@ build/bench/%: bench/%.c build/libhaven.a
 
 # Fuzz targets link against an archive of the library built for fuzzing,
 # so each pulls in only the objects it uses.
-FUZZ_CFLAGS := -std=c17 -D_GNU_SOURCE -g -O1 -Isrc
+FUZZ_CFLAGS := -std=c17 -D_GNU_SOURCE -g -O1 -Isrc $(PQ_CFLAGS)
 FUZZ_OBJ := $(LIB_SRC:src/%.c=build/fuzz/obj/%.o)
 build/fuzz/obj/%.o: src/%.c
 	@mkdir -p $(dir $@)

@@ -7,6 +7,9 @@ pkgs=(
   build-essential   # the C compiler and make
   libssl-dev        # OpenSSL: TLS, SHA-256
   libsqlite3-dev    # SQLite: the single-node directory
+  libpq-dev         # libpq: the PostgreSQL directory (several nodes)
+  postgresql        # initdb/pg_ctl for the throwaway server test_dir_pg.sh runs the
+                    # directory tests on; the install starts no service (policy-rc.d below)
   libcrypt-dev      # libcrypt: yescrypt password hashes
   libevent-dev      # libevent: the event loop of the network services
   clang             # libFuzzer targets (make fuzz)

@@ -10,8 +10,9 @@
  * when the version moves.
  *
  * This header is backend-neutral. A backend is chosen by the spec given to
- * dir_open ("sqlite:PATH" today; "pg:..." later) and plugs in through the
- * dir_backend table at the end. Every address, domain and store name is
+ * dir_open ("sqlite:PATH" for one node, dir_sqlite.c; "pg:CONNINFO" for
+ * several nodes sharing one PostgreSQL database, dir_pg.c) and plugs in
+ * through the dir_backend table at the end; dir.c holds the shared part. Every address, domain and store name is
  * validated and lowercased here, before a backend sees it, so the rules
  * below hold whichever backend is in use.
  *
@@ -79,8 +80,10 @@ typedef struct dir_store {
 
 /* --- opening --- */
 
-/* spec is "sqlite:PATH". The directory's schema is created when missing.
- * -EINVAL for an unknown backend, with the reason. */
+/* spec is "sqlite:PATH" or "pg:CONNINFO" (a libpq connection string, e.g.
+ * "pg:host=10.0.0.5 port=5432 dbname=haven user=haven"). The directory's
+ * schema is created when missing. -EINVAL for an unknown backend, with the
+ * reason. */
 int dir_open(const char *spec, dir **out, hv_err *err);
 /* Opens the config's `directory`; a relative PATH is relative to the
  * folder holding the config file, like every path in haven.conf. c may be
@@ -181,6 +184,33 @@ int dir_store_set_role(dir *d, const char *name, enum dir_store_role role, hv_er
 /* The counter every change bumps (starts at 0 in a new directory). */
 int dir_version(dir *d, uint64_t *out, hv_err *err);
 
+/* Change notification, for front ends that cache lookups. Use a handle
+ * of its own for watching (or drain after every other call on it: a
+ * notification that arrives during a lookup is read off the socket then,
+ * and the fd will not wake for it). The loop is:
+ *
+ *     for (;;) {
+ *         uint64_t v;
+ *         int rc = dir_watch_drain(d, &v, &err);
+ *         if (rc != 0) drop the cache (rc < 0: cannot tell, so assume so);
+ *         int fd = dir_watch_fd(d);
+ *         fd >= 0 ? poll fd for POLLIN : sleep a little;
+ *     }
+ *
+ * dir_watch_fd starts watching (PostgreSQL: LISTEN haven_directory) and
+ * returns the descriptor that becomes readable when a change may have
+ * been committed, or -1 when there is none (SQLite: a single node, where
+ * drain compares dir_version itself; also PostgreSQL while disconnected).
+ * The descriptor can change after a drain (a reconnect): ask each time.
+ *
+ * dir_watch_drain never blocks. It returns 1 when the directory may have
+ * changed since the previous drain, 0 when it has not, -errno when it
+ * cannot tell; *version_out is the newest version known. The first drain
+ * returns 1 (nothing cached before it can be trusted), and so does the
+ * first after a reconnect (notifications may have been missed). */
+int dir_watch_fd(dir *d);
+int dir_watch_drain(dir *d, uint64_t *version_out, hv_err *err);
+
 /* --- for backends only ---
  *
  * A backend embeds struct dir as the first member of its handle and fills
@@ -222,6 +252,8 @@ typedef struct dir_backend {
     int (*store_set_epoch)(dir *d, const char *name, uint64_t epoch, hv_err *err);
     int (*store_set_role)(dir *d, const char *name, enum dir_store_role role, hv_err *err);
     int (*version)(dir *d, uint64_t *out, hv_err *err);
+    int (*watch_fd)(dir *d);
+    int (*watch_drain)(dir *d, uint64_t *version_out, hv_err *err);
 } dir_backend;
 
 struct dir {
@@ -229,5 +261,6 @@ struct dir {
 };
 
 extern const dir_backend dir_sqlite_backend; /* dir_sqlite.c */
+extern const dir_backend dir_pg_backend;     /* dir_pg.c */
 
 #endif

@@ -1,31 +1,95 @@
 /*
- * test_dir.c - the directory's SQLite backend, its name rules and the
- * password hashes.
+ * test_dir.c - the directory: its name rules, the password hashes, and
+ * every operation against each backend.
+ *
+ * The backend tests run against SQLite, and again against PostgreSQL when
+ * HAVEN_TEST_PG holds a libpq connection string (tests/integration/
+ * test_dir_pg.sh starts a throwaway server and sets it). The same tests
+ * are the spec for both: same answers, same error codes, same versions.
+ * On PostgreSQL each test starts from an empty database: the tables are
+ * dropped and the backend creates them again.
  *
  * The address rules get the most cases: the store turns an address into
  * DATA/accounts/DOMAIN/LOCAL, so anything that slips through here is a
  * path outside DATA.
  */
+#include <libpq-fe.h>
+#include <poll.h>
+#include <signal.h>
 #include <sqlite3.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "dir/dir.h"
 #include "dir/password.h"
 #include "lib/buf.h"
 #include "testlib.h"
 
-/* The folder of the last open_fresh. */
+/* The backend under test: NULL for SQLite, else PostgreSQL's conninfo. */
+static const char *pg_conninfo;
+
+/* The folder of the last fresh_spec (SQLite). */
 static char cur_dir[4096];
+
+/* Runs one SQL script on the test database with a connection of its own,
+ * behind the backend's back. */
+static int pg_raw(const char *sql)
+{
+    PGconn *c = PQconnectdb(pg_conninfo);
+    int ok = PQstatus(c) == CONNECTION_OK;
+    if (ok) {
+        PGresult *r = PQexec(c, sql);
+        ok = PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK;
+        if (!ok)
+            fprintf(stderr, "  pg: %s", PQresultErrorMessage(r));
+        PQclear(r);
+    } else {
+        fprintf(stderr, "  pg: %s", PQerrorMessage(c));
+    }
+    PQfinish(c);
+    return ok ? 0 : -1;
+}
+
+static int raw_sql(const char *sql)
+{
+    if (pg_conninfo)
+        return pg_raw(sql);
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/directory.sqlite", cur_dir);
+    sqlite3 *db;
+    if (sqlite3_open(path, &db) != SQLITE_OK)
+        return -1;
+    int rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
+    sqlite3_close(db);
+    return rc == SQLITE_OK ? 0 : -1;
+}
+
+/* The spec of an empty directory of the backend under test. */
+static const char *fresh_spec(void)
+{
+    static char spec[4200];
+    if (pg_conninfo) {
+        if (pg_raw("SET client_min_messages = warning; DROP TABLE IF EXISTS accounts, aliases, domains, stores, version, "
+                   "schema_version CASCADE") < 0)
+            return NULL;
+        snprintf(spec, sizeof(spec), "pg:%s", pg_conninfo);
+    } else {
+        snprintf(cur_dir, sizeof(cur_dir), "%s", t_tmpdir());
+        snprintf(spec, sizeof(spec), "sqlite:%s/directory.sqlite", cur_dir);
+    }
+    return spec;
+}
 
 static dir *open_fresh(void)
 {
-    char spec[4200];
-    snprintf(cur_dir, sizeof(cur_dir), "%s", t_tmpdir());
-    snprintf(spec, sizeof(spec), "sqlite:%s/directory.sqlite", cur_dir);
+    const char *spec = fresh_spec();
     dir *d = NULL;
     hv_err err = {0};
+    if (!spec)
+        return NULL;
     if (dir_open(spec, &d, &err) < 0) {
         fprintf(stderr, "  dir_open: %s\n", err.msg);
         return NULL;
@@ -217,6 +281,7 @@ TEST(test_open_specs)
     CHECK(dir_open("mysql:x", &d, &err) == -EINVAL);
     CHECK(strstr(err.msg, "unknown backend") != NULL);
     CHECK(dir_open("sqlite:", &d, &err) == -EINVAL);
+    CHECK(dir_open("pg:", &d, &err) == -EINVAL);
     CHECK(dir_open("directory.sqlite", &d, &err) == -EINVAL);
     char spec[4200];
     snprintf(spec, sizeof(spec), "sqlite:%s/no/such/folder/d.sqlite", t_tmpdir());
@@ -224,7 +289,7 @@ TEST(test_open_specs)
     CHECK(d == NULL);
 }
 
-TEST(test_open_creates_private_file_and_reopens)
+TEST(test_open_creates_schema_and_reopens)
 {
     dir *d = open_fresh();
     CHECK(d);
@@ -232,13 +297,18 @@ TEST(test_open_creates_private_file_and_reopens)
     int rc = dir_account_add(d, "a@example.com", NULL, "local", 0, &err);
     dir_close(d);
     CHECKM(rc == 0, "%s", err.msg);
-    char path[4200];
-    snprintf(path, sizeof(path), "%s/directory.sqlite", cur_dir);
-    struct stat sb;
-    CHECK(stat(path, &sb) == 0);
-    CHECK((sb.st_mode & 0777) == 0600);
     char spec[4300];
-    snprintf(spec, sizeof(spec), "sqlite:%s", path);
+    if (pg_conninfo) {
+        snprintf(spec, sizeof(spec), "pg:%s", pg_conninfo);
+    } else {
+        /* The file holds password hashes: only its owner may read it. */
+        char path[4200];
+        snprintf(path, sizeof(path), "%s/directory.sqlite", cur_dir);
+        struct stat sb;
+        CHECK(stat(path, &sb) == 0);
+        CHECK((sb.st_mode & 0777) == 0600);
+        snprintf(spec, sizeof(spec), "sqlite:%s", path);
+    }
     CHECKM(dir_open(spec, &d, &err) == 0, "%s", err.msg);
     dir_account a;
     rc = dir_account_get(d, "a@example.com", &a, &err);
@@ -253,15 +323,12 @@ TEST(test_open_refuses_newer_schema)
     dir *d = open_fresh();
     CHECK(d);
     dir_close(d);
-    char path[4200];
-    snprintf(path, sizeof(path), "%s/directory.sqlite", cur_dir);
-    sqlite3 *db;
-    CHECK(sqlite3_open(path, &db) == SQLITE_OK);
-    int rc = sqlite3_exec(db, "UPDATE schema_version SET version = 99", NULL, NULL, NULL);
-    sqlite3_close(db);
-    CHECK(rc == SQLITE_OK);
+    CHECK(raw_sql("UPDATE schema_version SET version = 99") == 0);
     char spec[4300];
-    snprintf(spec, sizeof(spec), "sqlite:%s", path);
+    if (pg_conninfo)
+        snprintf(spec, sizeof(spec), "pg:%s", pg_conninfo);
+    else
+        snprintf(spec, sizeof(spec), "sqlite:%s/directory.sqlite", cur_dir);
     hv_err err;
     d = NULL;
     CHECK(dir_open(spec, &d, &err) == -EPROTO);
@@ -540,8 +607,8 @@ TEST(test_version_bumps_on_each_change)
 
 TEST(test_two_handles_see_each_other)
 {
-    char spec[4200];
-    snprintf(spec, sizeof(spec), "sqlite:%s/directory.sqlite", t_tmpdir());
+    const char *spec = fresh_spec();
+    CHECK(spec);
     dir *d1 = NULL, *d2 = NULL;
     hv_err err;
     CHECKM(dir_open(spec, &d1, &err) == 0, "%s", err.msg);
@@ -667,6 +734,255 @@ TEST(test_stores)
     dir_close(d);
 }
 
+/* --- change notification --- */
+
+/* Waits for the watch fd to become readable; the timeout only bounds a
+ * failing test, it is not a measurement. */
+static int readable(int fd)
+{
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    return poll(&p, 1, 10000) == 1 && (p.revents & POLLIN);
+}
+
+/* Drains until the watcher has seen version want, waiting on its fd in
+ * between: a NOTIFY reaches a listener shortly after the commit, not at
+ * it, and each commit sends its own. 1 when it got there with every drain
+ * on the way saying "changed", else 0. */
+static int drain_until(dir *d, uint64_t want, uint64_t *v)
+{
+    hv_err err;
+    for (;;) {
+        int rc = dir_watch_drain(d, v, &err);
+        if (rc != 1)
+            return 0;
+        if (*v >= want)
+            return *v == want;
+        int fd = dir_watch_fd(d);
+        if (fd < 0 || !readable(fd))
+            return 0;
+    }
+}
+
+/* Works the same on both backends: the first drain reports a change (no
+ * cache is trusted before it), then only real changes do. */
+TEST(test_watch_drain)
+{
+    const char *spec = fresh_spec();
+    CHECK(spec);
+    dir *d1 = NULL, *d2 = NULL;
+    hv_err err;
+    CHECKM(dir_open(spec, &d1, &err) == 0, "%s", err.msg);
+    if (dir_open(spec, &d2, &err) < 0) {
+        dir_close(d1);
+        CHECKM(0, "%s", err.msg);
+    }
+    uint64_t v = 99;
+    int first = dir_watch_drain(d2, &v, &err) == 1 && v == 0;
+    int quiet = dir_watch_drain(d2, &v, &err) == 0 && v == 0;
+    int fd = dir_watch_fd(d2);
+    int add = dir_account_add(d1, "a@x.org", NULL, "local", 0, &err) == 0;
+    int woke = fd < 0 || readable(fd);
+    int seen = drain_until(d2, 1, &v);
+    int quiet2 = dir_watch_drain(d2, &v, &err) == 0 && v == 1;
+    /* A failed change and a login attempt change nothing that is served. */
+    int dup = dir_account_add(d1, "a@x.org", NULL, "local", 0, &err) == -EEXIST;
+    int login = dir_account_login_attempt(d1, "a@x.org", 5, &err) == 0;
+    int v3 = dir_account_set_state(d1, "a@x.org", DIR_STATE_HELD, &err) == 0 &&
+             dir_account_set_state(d1, "a@x.org", DIR_STATE_ACTIVE, &err) == 0;
+    int seen3 = drain_until(d2, 3, &v);
+    int quiet3 = dir_watch_drain(d2, &v, &err) == 0;
+    dir_close(d1);
+    dir_close(d2);
+    CHECKM(first, "%s", err.msg);
+    CHECK(quiet);
+    CHECK(pg_conninfo ? fd >= 0 : fd == -1);
+    CHECK(add);
+    CHECK(woke);
+    CHECKM(seen, "version %llu", (unsigned long long)v);
+    CHECK(quiet2);
+    CHECK(dup);
+    CHECK(login);
+    CHECK(v3);
+    CHECKM(seen3, "version %llu", (unsigned long long)v);
+    CHECK(quiet3);
+}
+
+/* PostgreSQL: a second handle learns of a change through its fd alone
+ * (NOTIFY), with the new version; a failed change sends nothing. */
+TEST(test_pg_notify)
+{
+    const char *spec = fresh_spec();
+    CHECK(spec);
+    dir *w = NULL, *d = NULL;
+    hv_err err;
+    CHECKM(dir_open(spec, &w, &err) == 0, "%s", err.msg);
+    if (dir_open(spec, &d, &err) < 0) {
+        dir_close(w);
+        CHECKM(0, "%s", err.msg);
+    }
+    int fd = dir_watch_fd(w);
+    uint64_t v = 0;
+    int primed = dir_watch_drain(w, &v, &err) == 1;
+    int add = dir_domain_add(d, "x.org", &err) == 0;
+    int woke = fd >= 0 && readable(fd);
+    int got = drain_until(w, 1, &v);
+    /* A refused change rolls back its bump and its NOTIFY; the next good
+     * one is the very next version. */
+    int dup = dir_domain_add(d, "x.org", &err) == -EEXIST;
+    int del = dir_domain_del(d, "x.org", &err) == 0;
+    int woke2 = readable(dir_watch_fd(w));
+    int got2 = drain_until(w, 2, &v);
+    dir_close(w);
+    dir_close(d);
+    CHECK(primed);
+    CHECK(add);
+    CHECK(woke);
+    CHECKM(got, "version %llu", (unsigned long long)v);
+    CHECK(dup);
+    CHECK(del);
+    CHECK(woke2);
+    CHECKM(got2, "version %llu", (unsigned long long)v);
+}
+
+/* PostgreSQL: a connection the server dropped (a restart, a failover) is
+ * reconnected by the next call, which succeeds; a watcher is told it may
+ * have missed changes. */
+TEST(test_pg_reconnect)
+{
+    const char *spec = fresh_spec();
+    CHECK(spec);
+    dir *d = NULL;
+    hv_err err;
+    CHECKM(dir_open(spec, &d, &err) == 0, "%s", err.msg);
+    uint64_t v = 0;
+    int fd = dir_watch_fd(d);
+    int primed = fd >= 0 && dir_watch_drain(d, &v, &err) == 1;
+    int add = dir_account_add(d, "a@x.org", NULL, "local", 0, &err) == 0;
+    int drained = drain_until(d, 1, &v);
+    /* Every other session of this database: the handle's own one. */
+    int killed = pg_raw("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()") == 0;
+    dir_account a;
+    int read = dir_account_get(d, "a@x.org", &a, &err) == 0;
+    int missed = dir_watch_drain(d, &v, &err) == 1 && v == 1;
+    /* And the renewed LISTEN works. */
+    dir *d2 = NULL;
+    int open2 = dir_open(spec, &d2, &err) == 0;
+    int set = open2 && dir_account_set_state(d2, "a@x.org", DIR_STATE_HELD, &err) == 0;
+    fd = dir_watch_fd(d);
+    int woke = fd >= 0 && readable(fd);
+    int got = drain_until(d, 2, &v);
+    /* A write on a dropped connection reconnects too (BEGIN is safe to
+     * send again: nothing of the change was sent before it). */
+    killed = killed && pg_raw("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE datname = current_database() AND "
+                              "pid <> pg_backend_pid()") == 0;
+    int write = dir_account_set_state(d, "a@x.org", DIR_STATE_ACTIVE, &err) == 0;
+    dir_close(d);
+    if (open2)
+        dir_close(d2);
+    CHECK(primed);
+    CHECK(add);
+    CHECK(drained);
+    CHECK(killed);
+    CHECKM(read, "%s", err.msg);
+    CHECKM(missed, "%s", err.msg);
+    CHECKM(open2, "%s", err.msg);
+    CHECK(set);
+    CHECK(woke);
+    CHECKM(got, "version %llu", (unsigned long long)v);
+    CHECKM(write, "%s", err.msg);
+}
+
+/* PostgreSQL: nodes that start together on an empty database all open it
+ * (the schema is created once, under a lock) and agree on version 0. */
+TEST(test_pg_schema_race)
+{
+    const char *spec = fresh_spec();
+    CHECK(spec);
+    enum { N = 4 };
+    pid_t kids[N];
+    int pipes[N][2];
+    for (int i = 0; i < N; i++) {
+        CHECK(pipe(pipes[i]) == 0);
+        kids[i] = fork();
+        CHECK(kids[i] >= 0);
+        if (kids[i] == 0) {
+            /* Wait for the go so the opens overlap as much as they can. */
+            char go;
+            close(pipes[i][1]);
+            if (read(pipes[i][0], &go, 1) != 1)
+                _exit(3);
+            dir *d = NULL;
+            hv_err err;
+            if (dir_open(spec, &d, &err) < 0) {
+                fprintf(stderr, "  child: %s\n", err.msg);
+                _exit(1);
+            }
+            uint64_t v = 1;
+            int ok = dir_version(d, &v, &err) == 0 && v == 0;
+            dir_close(d);
+            _exit(ok ? 0 : 2);
+        }
+        close(pipes[i][0]);
+    }
+    for (int i = 0; i < N; i++) {
+        if (write(pipes[i][1], "g", 1) != 1)
+            kill(kids[i], SIGKILL);
+        close(pipes[i][1]);
+    }
+    int all_ok = 1;
+    for (int i = 0; i < N; i++) {
+        int st = 0;
+        waitpid(kids[i], &st, 0);
+        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+            all_ok = 0;
+    }
+    CHECK(all_ok);
+}
+
+/* PostgreSQL: a server that is not there is a clear error that does not
+ * repeat the connection string (it may hold a password). */
+TEST(test_pg_open_errors)
+{
+    dir *d = NULL;
+    hv_err err;
+    /* Port 1 on loopback: nothing listens there, the refusal is at once. */
+    int rc = dir_open("pg:host=127.0.0.1 port=1 dbname=x user=x password=s3cret-pw "
+                      "connect_timeout=5",
+                      &d, &err);
+    CHECK(rc < 0);
+    CHECK(d == NULL);
+    CHECKM(strstr(err.msg, "s3cret-pw") == NULL, "%s", err.msg);
+    CHECKM(strstr(err.msg, "127.0.0.1") != NULL, "%s", err.msg);
+    CHECK(strchr(err.msg, '\n') == NULL);
+    CHECK(dir_open("pg:this is = not a conninfo", &d, &err) < 0);
+    CHECK(d == NULL);
+}
+
+/* PostgreSQL: the config's `directory = pg:CONNINFO` is used as it is, not
+ * taken for a path relative to the config's folder. */
+TEST(test_pg_open_conf)
+{
+    CHECK(fresh_spec());
+    char cpath[4200];
+    snprintf(cpath, sizeof(cpath), "%s/haven.conf", t_tmpdir());
+    FILE *f = fopen(cpath, "w");
+    CHECK(f);
+    fprintf(f, "directory = pg:%s\n", pg_conninfo);
+    fclose(f);
+    conf *c = NULL;
+    hv_err err;
+    CHECKM(conf_load(cpath, &c, &err) == 0, "%s", err.msg);
+    dir *d = NULL;
+    int rc = dir_open_conf(c, &d, &err);
+    conf_free(c);
+    CHECKM(rc == 0, "%s", err.msg);
+    int add = dir_domain_add(d, "conf.org", &err) == 0;
+    dir_close(d);
+    CHECK(add);
+}
+
 /* --- passwords --- */
 
 TEST(test_password_hash_verify)
@@ -738,6 +1054,34 @@ TEST(test_password_in_directory)
     CHECK(ok);
 }
 
+/* Every test that talks to a directory, for the backend under test. */
+static void run_backend_suite(void)
+{
+#define RUN_B(name) t_run_one(pg_conninfo ? #name " [pg]" : #name " [sqlite]", name)
+    RUN_B(test_open_creates_schema_and_reopens);
+    RUN_B(test_open_refuses_newer_schema);
+    RUN_B(test_domains);
+    RUN_B(test_domain_del_refused_while_in_use);
+    RUN_B(test_account_add_get);
+    RUN_B(test_account_changes);
+    RUN_B(test_account_list);
+    RUN_B(test_version_bumps_on_each_change);
+    RUN_B(test_two_handles_see_each_other);
+    RUN_B(test_aliases);
+    RUN_B(test_alias_list);
+    RUN_B(test_stores);
+    RUN_B(test_password_in_directory);
+    RUN_B(test_watch_drain);
+    if (pg_conninfo) {
+        RUN_B(test_pg_notify);
+        RUN_B(test_pg_reconnect);
+        RUN_B(test_pg_schema_race);
+        RUN_B(test_pg_open_errors);
+        RUN_B(test_pg_open_conf);
+    }
+#undef RUN_B
+}
+
 int main(void)
 {
     RUN(test_address_valid);
@@ -747,21 +1091,17 @@ int main(void)
     RUN(test_domain_and_store_names);
     RUN(test_state_names);
     RUN(test_open_specs);
-    RUN(test_open_creates_private_file_and_reopens);
-    RUN(test_open_refuses_newer_schema);
     RUN(test_open_conf_relative_path);
-    RUN(test_domains);
-    RUN(test_domain_del_refused_while_in_use);
-    RUN(test_account_add_get);
-    RUN(test_account_changes);
-    RUN(test_account_list);
-    RUN(test_version_bumps_on_each_change);
-    RUN(test_two_handles_see_each_other);
-    RUN(test_aliases);
-    RUN(test_alias_list);
-    RUN(test_stores);
     RUN(test_password_hash_verify);
     RUN(test_password_limits);
-    RUN(test_password_in_directory);
+    run_backend_suite();
+    const char *pg = getenv("HAVEN_TEST_PG");
+    if (pg && *pg) {
+        pg_conninfo = pg;
+        run_backend_suite();
+    } else {
+        printf("(HAVEN_TEST_PG unset: PostgreSQL backend not tested here; "
+               "tests/integration/test_dir_pg.sh runs it)\n");
+    }
     return t_done();
 }
