@@ -79,8 +79,12 @@ static void usage(FILE *f)
           "  lmtp         built: LMTP on lmtp_port, delivery into the account stores\n"
           "  imap         built: IMAP4rev1/IMAP4rev2 on imap_port (STARTTLS) and\n"
           "               imaps_port (TLS); restarted with backoff if it dies\n"
-          "  proxy        coming later: front-end IMAP and LMTP routing by the directory\n"
-          "  repl         coming later: replication between primary and replica\n"
+          "  proxy        built: front-end IMAP on proxy_port (STARTTLS) and\n"
+          "               proxy_imaps_port (TLS), relaying each login to its\n"
+          "               account's store (docs/proxy.md); off while both are 0\n"
+          "  repl         built: streams each account's log to replicas (repl_port on\n"
+          "               a primary; repl_primary on a replica), sync or async;\n"
+          "               started only when configured (docs/replication.md)\n"
           "  http         coming later: admin API, metrics, health, status page\n"
           "  A service whose ports are all 0 in haven.conf is not started.\n"
           "\n"
@@ -412,8 +416,8 @@ int main(int argc, char **argv)
                      user, (int)geteuid());
     }
 
-    log_info("start version=%s pid=%d config=%s mode=%s admin_socket=%s running=master,imap,smtp,lmtp "
-             "not_built=proxy,repl,http",
+    log_info("start version=%s pid=%d config=%s mode=%s admin_socket=%s running=master,imap,smtp,lmtp,repl,proxy "
+             "not_built=http",
              HAVEN_VERSION, (int)d.pid, d.conf_path, d.foreground ? "foreground" : "daemon",
              sock_path);
     if (ready_fd >= 0) {

@@ -25,6 +25,7 @@
 #include "cmd/havend.h"
 #include "imap/imap.h"
 #include "lib/log.h"
+#include "proxy/proxy.h"
 #include "repl/repl.h"
 #include "smtp/smtp.h"
 #include "store/store.h"
@@ -39,13 +40,14 @@ typedef struct service {
     unsigned backoff_ms;
 } service;
 
-enum { SV_IMAP, SV_SMTP, SV_LMTP, SV_REPL };
+enum { SV_IMAP, SV_SMTP, SV_LMTP, SV_REPL, SV_PROXY };
 
 static service services[] = {
     [SV_IMAP] = {"imap", {-1, -1, -1}, 0, 0, 0, 1000},
     [SV_SMTP] = {"smtp", {-1, -1, -1}, 0, 0, 0, 1000},
     [SV_LMTP] = {"lmtp", {-1, -1, -1}, 0, 0, 0, 1000},
     [SV_REPL] = {"repl", {-1, -1, -1}, 0, 0, 0, 1000},
+    [SV_PROXY] = {"proxy", {-1, -1, -1}, 0, 0, 0, 1000},
 };
 #define NSERVICES (sizeof(services) / sizeof(services[0]))
 
@@ -93,7 +95,8 @@ int havend_services_bind(havend *d, hv_err *err)
         {SV_IMAP, 0, "imap_port"},       {SV_IMAP, 1, "imaps_port"},
         {SV_SMTP, 0, "smtp_port"},       {SV_SMTP, 1, "submission_port"},
         {SV_SMTP, 2, "submissions_port"}, {SV_LMTP, 0, "lmtp_port"},
-        {SV_REPL, 0, "repl_port"},
+        {SV_REPL, 0, "repl_port"},       {SV_PROXY, 0, "proxy_port"},
+        {SV_PROXY, 1, "proxy_imaps_port"},
     };
     const char *addr = conf_get(d->conf, "listen");
     for (size_t i = 0; i < sizeof(ports) / sizeof(ports[0]); i++) {
@@ -114,6 +117,8 @@ static int run_service(havend *d, service *sv, hv_err *err)
         return lmtp_service_run(d->conf, sv->fds[0], err);
     if (sv == &services[SV_REPL])
         return repl_service_run(d->conf, sv->fds[0], err);
+    if (sv == &services[SV_PROXY])
+        return proxy_service_run(d->conf, sv->fds[0], sv->fds[1], err);
     return imap_service_run(d->conf, sv->fds[0], sv->fds[1], err);
 }
 
