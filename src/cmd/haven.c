@@ -119,8 +119,12 @@ static const haven_command commands[] = {
      "each account that differs with the first modseq where the logs part, then a\n"
      "summary; exit status 1 when any differs. --status shows the replication\n"
      "links, lag per store and account, and bytes/s. See docs/replication.md."},
-    {"promote", 1, 0, NULL, "promote STORE",
-     "Make the replica STORE the primary (failover), bumping its epoch."},
+    {"promote", 1, 0, cmd_promote, "promote STORE",
+     "Run with a replica's config: make it STORE's primary, bumping the store's\n"
+     "epoch. With the primary connected, a switchover: the primary stops writing,\n"
+     "ships everything, and hands over (no loss). Without it, a failover. The old\n"
+     "primary, seeing the newer epoch, stops writing and rejoins as a replica.\n"
+     "See docs/replication.md."},
     {"move", 1, 0, NULL, "move ACCOUNT --to STORE",
      "Move an account to another store while it stays in use."},
     {"backup", 1, 0, NULL, "backup",

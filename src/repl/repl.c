@@ -11,6 +11,7 @@
 #include "repl/repl.h"
 
 #include <dirent.h>
+#include <netdb.h>
 #include <errno.h>
 #include <openssl/err.h>
 #include <poll.h>
@@ -25,6 +26,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "dir/dir.h"
+#include "lib/crc32c.h"
 #include "lib/fsutil.h"
 #include "lib/log.h"
 #include "lib/tls.h"
@@ -103,12 +106,12 @@ void repl_scan_accounts(const char *data_dir, repl_account_cb cb, void *ctx)
         while ((u = readdir(d2))) {
             if (u->d_name[0] == '.')
                 continue;
-            char name[600], dir[4800];
+            char name[600], folder[4800];
             snprintf(name, sizeof(name), "%s@%s", u->d_name, e->d_name);
             if (strlen(name) > REPL_ACCOUNT_MAX)
                 continue;
-            snprintf(dir, sizeof(dir), "%s/%s", dom, u->d_name);
-            cb(ctx, name, dir);
+            snprintf(folder, sizeof(folder), "%s/%s", dom, u->d_name);
+            cb(ctx, name, folder);
         }
         closedir(d2);
     }
@@ -242,6 +245,282 @@ static int load_cfg(const conf *c, repl_cfg *cfg, hv_err *err)
     return rc;
 }
 
+/* ---- roles, epochs, fencing ----
+ *
+ * DATA/repl-state says which role this node plays and at which epoch:
+ *
+ *     haven-repl-state 1
+ *     role primary|replica
+ *     epoch N
+ *     crc XXXXXXXX        (CRC32C, hex, of the lines above)
+ *
+ * It is written atomically (temp file, fsync, rename, folder fsync) at
+ * every role change; without it the config decides (repl_primary set:
+ * replica) at epoch 0, or the directory's epoch of the store when higher.
+ * A replica keeps DATA/fence in place, so no process of this instance
+ * writes to its stores except the replication itself. */
+
+static void state_path(const repl_cfg *cfg, char *out, size_t len)
+{
+    snprintf(out, len, "%s/repl-state", cfg->data_dir);
+}
+
+static int state_read(const repl_cfg *cfg, int *role, uint64_t *epoch, hv_err *err)
+{
+    char path[4300], *text;
+    size_t len;
+    state_path(cfg, path, sizeof(path));
+    int rc = fs_read_file(path, &text, &len, err);
+    if (rc < 0)
+        return rc;
+    char r[16] = "";
+    unsigned long long e = 0;
+    unsigned crc = 0;
+    const char *c = len < 4096 ? strstr(text, "crc ") : NULL;
+    rc = -EUCLEAN;
+    if (c && sscanf(text, "haven-repl-state 1\nrole %15s\nepoch %llu\n", r, &e) == 2 &&
+        sscanf(c, "crc %8x", &crc) == 1 &&
+        crc32c(0, text, (size_t)(c - text)) == crc &&
+        (strcmp(r, "primary") == 0 || strcmp(r, "replica") == 0)) {
+        *role = strcmp(r, "primary") == 0 ? REPL_ROLE_PRIMARY : REPL_ROLE_REPLICA;
+        *epoch = e;
+        rc = 0;
+    } else {
+        hv_err_set(err, rc, "%s is damaged (bad format or CRC); fix or remove it", path);
+    }
+    free(text);
+    return rc;
+}
+
+static int state_write(const repl_cfg *cfg, int role, uint64_t epoch, hv_err *err)
+{
+    char path[4300], text[200];
+    state_path(cfg, path, sizeof(path));
+    int n = snprintf(text, sizeof(text), "haven-repl-state 1\nrole %s\nepoch %llu\n",
+                     role == REPL_ROLE_PRIMARY ? "primary" : "replica",
+                     (unsigned long long)epoch);
+    snprintf(text + n, sizeof(text) - (size_t)n, "crc %08x\n", crc32c(0, text, (size_t)n));
+    return fs_write_file_atomic(path, text, strlen(text), 0600, err);
+}
+
+static int fence_write(const repl_cfg *cfg, const char *why, hv_err *err)
+{
+    char line[400];
+    snprintf(line, sizeof(line), "%s\n", why);
+    return fs_write_file_atomic(cfg->fence_path, line, strlen(line), 0644, err);
+}
+
+static int fence_remove(const repl_cfg *cfg, hv_err *err)
+{
+    if (unlink(cfg->fence_path) < 0 && errno != ENOENT)
+        return hv_err_sys(err, "remove %s", cfg->fence_path);
+    char folder[4096];
+    snprintf(folder, sizeof(folder), "%s", cfg->data_dir);
+    return fs_fsync_dir(folder, err);
+}
+
+/* The store's epoch in this node's directory (0 when it is not there). */
+static uint64_t dir_epoch(const repl_cfg *cfg)
+{
+    dir *d;
+    hv_err err = {0};
+    dir_store st;
+    uint64_t e = 0;
+    if (dir_open_conf(cfg->c, &d, &err) < 0)
+        return 0;
+    if (dir_store_get(d, cfg->store_name, &st, &err) == 0)
+        e = st.epoch;
+    dir_close(d);
+    return e;
+}
+
+/* Decides the role at start (and after each role change). */
+static int load_role(repl_cfg *cfg, hv_err *err)
+{
+    int role = cfg->primary_host[0] ? REPL_ROLE_REPLICA : REPL_ROLE_PRIMARY;
+    uint64_t epoch = 0;
+    hv_err e2 = {0};
+    int rc = state_read(cfg, &role, &epoch, &e2);
+    if (rc < 0 && rc != -ENOENT)
+        return hv_err_set(err, rc, "%s", e2.msg);
+    uint64_t de = dir_epoch(cfg);
+    if (role == REPL_ROLE_PRIMARY && de > epoch) {
+        /* The directory (shared by the nodes when it is PostgreSQL) says
+         * the store was promoted elsewhere: this node cannot confirm it is
+         * the primary, so it writes nothing. */
+        char why[200];
+        snprintf(why, sizeof(why), "fenced: store %s promoted elsewhere at epoch %llu",
+                 cfg->store_name, (unsigned long long)de);
+        if ((rc = fence_write(cfg, why, err)) < 0 ||
+            (rc = state_write(cfg, REPL_ROLE_REPLICA, de, err)) < 0)
+            return rc;
+        log_error("repl: fenced store=%s epoch=%llu directory_epoch=%llu reason=\"%s\"",
+                  cfg->store_name, (unsigned long long)epoch, (unsigned long long)de, why);
+        role = REPL_ROLE_REPLICA;
+    }
+    if (de > epoch)
+        epoch = de;
+    cfg->role = role;
+    cfg->epoch = epoch;
+    if (role == REPL_ROLE_REPLICA) {
+        char why[200];
+        snprintf(why, sizeof(why), "replica of store %s (epoch %llu): writes go to the primary",
+                 cfg->store_name, (unsigned long long)epoch);
+        char cur[256] = "";
+        if (store_fenced(cur, sizeof(cur)) && strncmp(cur, "fenced:", 7) == 0)
+            snprintf(why, sizeof(why), "%s", cur); /* keep the more telling reason */
+        if ((rc = fence_write(cfg, why, err)) < 0)
+            return rc;
+    } else {
+        char cur[256] = "";
+        if (store_fenced(cur, sizeof(cur)))
+            log_warn("repl: primary is fenced store=%s reason=\"%s\" action=\"writes refused "
+                     "until haven promote %s\"", cfg->store_name, cur, cfg->store_name);
+    }
+    return 0;
+}
+
+void repl_demote(repl_cfg *cfg, uint64_t epoch, const char *why)
+{
+    hv_err err = {0};
+    /* Fence first: from this moment no process writes here. */
+    int rc = fence_write(cfg, why, &err);
+    if (rc == 0)
+        rc = state_write(cfg, REPL_ROLE_REPLICA, epoch, &err);
+    if (rc < 0) {
+        log_error("repl: demote_failed store=%s reason=\"%s\"", cfg->store_name, err.msg);
+        return;
+    }
+    log_error("repl: demoted store=%s old_epoch=%llu epoch=%llu reason=\"%s\"", cfg->store_name,
+              (unsigned long long)cfg->epoch, (unsigned long long)epoch, why);
+    repl_request_restart();
+}
+
+int repl_take_primary(repl_cfg *cfg, uint64_t epoch, hv_err *err)
+{
+    dir *d;
+    int rc = dir_open_conf(cfg->c, &d, err);
+    if (rc < 0)
+        return rc;
+    dir_store st;
+    hv_err e2 = {0};
+    if (dir_store_get(d, cfg->store_name, &st, &e2) == -ENOENT) {
+        char addr[300];
+        snprintf(addr, sizeof(addr), "%s", conf_get(cfg->c, "hostname"));
+        if (!*addr)
+            snprintf(addr, sizeof(addr), "localhost");
+        rc = dir_store_add(d, cfg->store_name, addr, DIR_ROLE_PRIMARY, err);
+        if (rc == 0)
+            st.epoch = 0;
+    } else if ((rc = dir_store_get(d, cfg->store_name, &st, err)) < 0) {
+        dir_close(d);
+        return rc;
+    }
+    if (rc == 0 && st.epoch >= epoch)
+        rc = hv_err_set(err, -ESTALE, "store %s is at epoch %llu in the directory already: "
+                        "promoted elsewhere?", cfg->store_name, (unsigned long long)st.epoch);
+    if (rc == 0)
+        rc = dir_store_set_epoch(d, cfg->store_name, epoch, err);
+    if (rc == 0)
+        rc = dir_store_set_role(d, cfg->store_name, DIR_ROLE_PRIMARY, err);
+    dir_close(d);
+    if (rc == 0)
+        rc = state_write(cfg, REPL_ROLE_PRIMARY, epoch, err);
+    if (rc == 0)
+        rc = fence_remove(cfg, err);
+    if (rc == 0)
+        log_warn("repl: promoted store=%s epoch=%llu", cfg->store_name,
+                 (unsigned long long)epoch);
+    return rc;
+}
+
+int repl_fence(repl_cfg *cfg, const char *why, hv_err *err) { return fence_write(cfg, why, err); }
+int repl_unfence(repl_cfg *cfg, hv_err *err) { return fence_remove(cfg, err); }
+
+void repl_request_restart(void)
+{
+    kill(getpid(), SIGUSR1);
+}
+
+int repl_resolve_link(repl_cfg *cfg, repl_link *l)
+{
+    int me = cfg->role, peer = repl_link_peer_role(l);
+    uint64_t mine = cfg->epoch, theirs = repl_link_peer_epoch(l);
+    const char *addr = repl_link_peer_addr(l);
+    char why[200];
+    if (me == REPL_ROLE_PRIMARY && theirs > mine) {
+        snprintf(why, sizeof(why), "fenced: store %s promoted elsewhere at epoch %llu (peer %s)",
+                 cfg->store_name, (unsigned long long)theirs, addr);
+        repl_demote(cfg, theirs, why);
+        return -1;
+    }
+    if (me == peer) {
+        if (me == REPL_ROLE_PRIMARY && theirs == mine)
+            log_error("repl: split_brain store=%s peer=%s epoch=%llu action=\"both are primary "
+                      "at one epoch; run haven promote %s on the node to keep\"",
+                      cfg->store_name, addr, (unsigned long long)mine, cfg->store_name);
+        else if (me == REPL_ROLE_PRIMARY)
+            log_warn("repl: stale_primary peer=%s peer_epoch=%llu epoch=%llu action=\"it steps "
+                     "down\"", addr, (unsigned long long)theirs, (unsigned long long)mine);
+        else
+            log_warn("repl: peer=%s is a replica too; waiting for a primary", addr);
+        return -1;
+    }
+    if (me == REPL_ROLE_REPLICA && theirs < mine) {
+        log_warn("repl: stale_primary peer=%s peer_epoch=%llu epoch=%llu action=\"refused; it "
+                 "steps down\"", addr, (unsigned long long)theirs, (unsigned long long)mine);
+        return -1;
+    }
+    if (me == REPL_ROLE_REPLICA && theirs > mine) {
+        hv_err err = {0};
+        if (state_write(cfg, REPL_ROLE_REPLICA, theirs, &err) == 0)
+            cfg->epoch = theirs;
+    }
+    return 0;
+}
+
+int repl_dial(repl_cfg *cfg, int *fd_out, hv_err *err)
+{
+    struct addrinfo hints = {0}, *res, *ai;
+    hints.ai_socktype = SOCK_STREAM;
+    int rc = getaddrinfo(cfg->primary_host, cfg->primary_port, &hints, &res);
+    if (rc != 0)
+        return hv_err_set(err, -EHOSTUNREACH, "peer %s:%s: %s", cfg->primary_host,
+                          cfg->primary_port, gai_strerror(rc));
+    int fd = -1;
+    for (ai = res; ai; ai = ai->ai_next) {
+        fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            continue;
+        struct timeval tv = {10, 0};
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+        if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
+            break;
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    if (fd < 0)
+        return hv_err_sys(err, "connect to %s:%s", cfg->primary_host, cfg->primary_port);
+    *fd_out = fd;
+    return 0;
+}
+
+void repl_link_options(repl_cfg *cfg, int is_server, repl_link_opts *o)
+{
+    *o = (repl_link_opts){
+        .ssl = is_server ? cfg->server_ssl : cfg->client_ssl,
+        .is_server = is_server,
+        .role = (enum repl_role)cfg->role,
+        .secret = cfg->secret,
+        .secret_len = cfg->secret_len,
+        .store = cfg->store_name,
+        .rate_bytes_per_s = cfg->rate,
+        .handshake_ms = 10000,
+        .epoch = cfg->epoch,
+    };
+}
+
 /* ---- control socket ---- */
 
 static struct {
@@ -252,7 +531,45 @@ static struct {
     int is_primary;
     char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
     volatile int stopping;
+    repl_cfg *cfg;
+    int restart_after; /* a promotion answered: restart in the new role */
+    pthread_mutex_t role_mu; /* one promotion at a time; role switches */
 } ctl;
+
+/* `haven promote`: with the primary reachable, a switchover (it fences
+ * itself, drains to us, hands over); without it, a failover at once. */
+static void promote(buf *o)
+{
+    repl_cfg *cfg = ctl.cfg;
+    pthread_mutex_lock(&ctl.role_mu);
+    if (ctl.is_primary) {
+        buf_printf(o, "error: store %s is the primary here already (epoch %llu)\n",
+                   cfg->store_name, (unsigned long long)cfg->epoch);
+        pthread_mutex_unlock(&ctl.role_mu);
+        return;
+    }
+    uint64_t pe = repl_replica_peer_epoch();
+    uint64_t e = (pe > cfg->epoch ? pe : cfg->epoch) + 1;
+    hv_err err = {0};
+    const char *mode = "switchover";
+    log_warn("repl: promote store=%s epoch=%llu", cfg->store_name, (unsigned long long)e);
+    int rc = repl_replica_switchover(e, &err);
+    if (rc == -ENOTCONN) {
+        mode = "failover";
+        log_warn("repl: promote store=%s mode=failover reason=\"%s\"", cfg->store_name, err.msg);
+        rc = 0;
+    }
+    if (rc == 0)
+        rc = repl_take_primary(cfg, e, &err);
+    if (rc < 0) {
+        buf_printf(o, "error: %s\n", err.msg);
+    } else {
+        buf_printf(o, "promoted store=%s epoch=%llu mode=%s\n", cfg->store_name,
+                   (unsigned long long)e, mode);
+        ctl.restart_after = 1;
+    }
+    pthread_mutex_unlock(&ctl.role_mu);
+}
 
 static void serve_one(int fd)
 {
@@ -295,8 +612,13 @@ static void serve_one(int fd)
             if (rc < 0)
                 buf_printf(&o, "error: %s\n", err.msg);
         }
+    } else if (strcmp(line, "promote") == 0) {
+        promote(&o);
+    } else if (strcmp(line, "role") == 0) {
+        buf_printf(&o, "role: %s\nepoch: %llu\n", ctl.is_primary ? "primary" : "replica",
+                   (unsigned long long)ctl.cfg->epoch);
     } else {
-        buf_printf(&o, "error: unknown command (status, replcheck [ACCOUNT])\n");
+        buf_printf(&o, "error: unknown command (status, replcheck [ACCOUNT], promote, role)\n");
     }
     buf_append_str(&o, ".\n");
     fs_write_full(fd, o.data, o.len);
@@ -315,6 +637,10 @@ static void *ctl_main(void *arg)
             continue;
         serve_one(fd);
         close(fd);
+        if (ctl.restart_after) {
+            ctl.restart_after = 0;
+            repl_request_restart();
+        }
     }
     return NULL;
 }
@@ -450,27 +776,52 @@ static int ctl_open(const conf *c, hv_err *err)
     return 0;
 }
 
+static int start_role(repl_cfg *cfg, hv_err *err)
+{
+    int rc = load_role(cfg, err);
+    if (rc < 0)
+        return rc;
+    ctl.is_primary = cfg->role == REPL_ROLE_PRIMARY;
+    log_info("repl: role=%s store=%s epoch=%llu", ctl.is_primary ? "primary" : "replica",
+             cfg->store_name, (unsigned long long)cfg->epoch);
+    return ctl.is_primary ? repl_primary_start(cfg, cfg->fd_listen, err)
+                          : repl_replica_start(cfg, err);
+}
+
+static void stop_role(void)
+{
+    if (ctl.is_primary)
+        repl_primary_stop();
+    else
+        repl_replica_stop();
+}
+
 int repl_service_run(const conf *c, int fd_listen, hv_err *err)
 {
     static repl_cfg cfg;
     int rc = load_cfg(c, &cfg, err);
     if (rc < 0)
         return rc;
-    int replica = cfg.primary_host[0] != 0;
-    if (!replica && fd_listen < 0)
+    cfg.fd_listen = fd_listen;
+    snprintf(cfg.fence_path, sizeof(cfg.fence_path), "%s/fence", cfg.data_dir);
+    store_set_fence(cfg.fence_path);
+    if (!cfg.primary_host[0] && fd_listen < 0)
         return hv_err_set(err, -EINVAL, "replication: set repl_port (primary) or repl_primary "
                           "(replica)");
     signal(SIGPIPE, SIG_IGN);
-    /* Every thread inherits the mask; only sigwait below takes them. */
+    /* Every thread inherits the mask; only sigwait below takes them.
+     * SIGUSR1 is a role change (promotion, demotion): restart in it. */
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGUSR1);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
+    ctl.cfg = &cfg;
+    pthread_mutex_init(&ctl.role_mu, NULL);
     if ((rc = ctl_open(c, err)) < 0)
         return rc;
-    ctl.is_primary = !replica;
-    rc = replica ? repl_replica_start(&cfg, err) : repl_primary_start(&cfg, fd_listen, err);
+    rc = start_role(&cfg, err);
     if (rc < 0) {
         close(ctl.fd);
         unlink(ctl.path);
@@ -487,7 +838,21 @@ int repl_service_run(const conf *c, int fd_listen, hv_err *err)
     }
     pthread_create(&wt, NULL, wait_accept_main, NULL);
     int sig = 0;
-    sigwait(&set, &sig);
+    for (;;) {
+        sigwait(&set, &sig);
+        if (sig != SIGUSR1)
+            break;
+        pthread_mutex_lock(&ctl.role_mu);
+        log_info("repl: role_change store=%s", cfg.store_name);
+        stop_role();
+        rc = start_role(&cfg, err);
+        pthread_mutex_unlock(&ctl.role_mu);
+        if (rc < 0) {
+            log_error("repl: role_change_failed reason=\"%s\"", err->msg);
+            sig = 0;
+            break;
+        }
+    }
     log_info("repl: signal=%d stopping", sig);
     ctl.stopping = 1;
     pthread_join(ct, NULL);
@@ -496,9 +861,7 @@ int repl_service_run(const conf *c, int fd_listen, hv_err *err)
     unlink(ctl.path);
     close(ctl.wait_fd);
     unlink(ctl.wait_path);
-    if (replica)
-        repl_replica_stop();
-    else
-        repl_primary_stop();
-    return 0;
+    if (rc >= 0)
+        stop_role();
+    return rc < 0 ? rc : 0;
 }

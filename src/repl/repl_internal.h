@@ -34,7 +34,47 @@ typedef struct repl_cfg {
     unsigned sync_k;        /* repl_sync_replicas */
     int sync_timeout_ms;
     int sync_refuse;        /* repl_sync_on_timeout = refuse */
+    /* Roles (docs/replication.md, "Promotion and fencing"): the role this
+     * node plays now and its epoch come from DATA/repl-state when that
+     * exists, else from the config (repl_primary set: replica). Who dials
+     * whom does not change with the role: a node with repl_primary dials
+     * that address, a node with repl_port accepts. */
+    int role;               /* enum repl_role */
+    uint64_t epoch;
+    int fd_listen;          /* -1 when repl_port is not set */
+    char fence_path[4200];
 } repl_cfg;
+
+/* Role changes (repl.c). After one, the service restarts itself in its
+ * new role (it returns and havend starts it again). */
+/* Writes DATA/fence (why) and DATA/repl-state (replica at epoch), durably,
+ * then asks the service to restart. */
+void repl_demote(repl_cfg *cfg, uint64_t epoch, const char *why);
+/* Takes the primary role at epoch: directory epoch and role, state file,
+ * fence removed. The caller then asks for the restart. */
+int repl_take_primary(repl_cfg *cfg, uint64_t epoch, hv_err *err);
+void repl_request_restart(void);
+/* Writes DATA/fence (every process of the instance stops writing) or
+ * removes it. */
+int repl_fence(repl_cfg *cfg, const char *why, hv_err *err);
+int repl_unfence(repl_cfg *cfg, hv_err *err);
+/* After a handshake: 0 when this link may be used in our role, -1 when it
+ * must be closed (a stale primary on either side: the stale one steps
+ * down by itself; two primaries at one epoch; two replicas). */
+int repl_resolve_link(repl_cfg *cfg, repl_link *l);
+/* Dials the configured peer (repl_primary's address). */
+int repl_dial(repl_cfg *cfg, int *fd_out, hv_err *err);
+/* The handshake options for our current role. */
+void repl_link_options(repl_cfg *cfg, int is_server, repl_link_opts *o);
+
+/* Planned switchover, primary side: the replica on link l asked to take
+ * over at epoch. Runs on its own thread: fence, drain, SWITCHED, demote. */
+void repl_primary_switchover(repl_link *l, uint64_t epoch);
+/* Replica side (repl_replica.c): asks the primary to hand over; waits for
+ * its SWITCHED. 0 done, -ENOTCONN when no link is up, other -errno. */
+int repl_replica_switchover(uint64_t epoch, hv_err *err);
+/* The primary's epoch as the current link said (0 without a link). */
+uint64_t repl_replica_peer_epoch(void);
 
 /* Primary side (repl_primary.c). */
 int repl_primary_start(repl_cfg *cfg, int fd_listen, hv_err *err);

@@ -40,6 +40,8 @@ struct repl_link {
     SSL *ssl;
     char peer_store[REPL_STORE_NAME_MAX + 1];
     char peer_addr[64];
+    int peer_role;
+    uint64_t peer_epoch;
     uint64_t rate;
     repl_parser parser;
     pthread_t thread;
@@ -219,7 +221,10 @@ int repl_link_handshake(int fd, const repl_link_opts *o, repl_link **out, hv_err
     if (rc == 0 && m.type != REPL_HELLO)
         rc = hv_err_set(err, -EPROTO, "handshake with %s: got %s instead of HELLO", l->peer_addr,
                         repl_msg_type_name(m.type));
-    if (rc == 0 && (m.version != REPL_PROTO_VERSION || m.role == (uint8_t)o->role))
+    /* The roles are not compared here: two nodes that both believe they
+     * are the primary must still meet, so the epochs can say which one is
+     * stale (the caller decides, repl_link_peer_role/epoch). */
+    if (rc == 0 && m.version != REPL_PROTO_VERSION)
         rc = hv_err_set(err, -EPROTO, "handshake with %s: peer speaks version %u as %s; we are "
                         "version %u %s", l->peer_addr, m.version,
                         m.role ? "replica" : "primary", REPL_PROTO_VERSION,
@@ -251,6 +256,21 @@ int repl_link_handshake(int fd, const repl_link_opts *o, repl_link **out, hv_err
                             "the shared secrets differ", l->peer_addr, l->peer_store);
         }
     }
+    if (rc == 0) {
+        /* Authenticated: now each side says its epoch. */
+        buf_reset(&b);
+        repl_build_ping(&b, REPL_EPOCH, o->epoch);
+        rc = send_now(l, &b, err);
+        if (rc == 0)
+            rc = read_one(l, &m, err);
+        if (rc == 0 && m.type != REPL_EPOCH)
+            rc = hv_err_set(err, -EPROTO, "handshake with %s: got %s instead of EPOCH",
+                            l->peer_addr, repl_msg_type_name(m.type));
+        if (rc == 0) {
+            l->peer_role = (int)peer_role;
+            l->peer_epoch = m.a;
+        }
+    }
     buf_free(&b);
     if (rc < 0)
         goto fail;
@@ -273,6 +293,8 @@ fail:
 
 const char *repl_link_peer_store(const repl_link *l) { return l->peer_store; }
 const char *repl_link_peer_addr(const repl_link *l) { return l->peer_addr; }
+int repl_link_peer_role(const repl_link *l) { return l->peer_role; }
+uint64_t repl_link_peer_epoch(const repl_link *l) { return l->peer_epoch; }
 
 static void wake(repl_link *l)
 {

@@ -41,6 +41,7 @@ typedef struct repl_link_opts {
     const char *store;           /* our store name, for the peer's logs */
     uint64_t rate_bytes_per_s;   /* 0: unlimited */
     int handshake_ms;
+    uint64_t epoch;              /* ours, sent in the handshake's EPOCH */
 } repl_link_opts;
 
 /* Takes over fd (connected); runs the handshake. On success *out is a link
@@ -48,6 +49,10 @@ typedef struct repl_link_opts {
 int repl_link_handshake(int fd, const repl_link_opts *o, repl_link **out, hv_err *err);
 const char *repl_link_peer_store(const repl_link *l);
 const char *repl_link_peer_addr(const repl_link *l);
+/* What the peer said in the handshake: its role (enum repl_role; the
+ * handshake does not require it to differ from ours) and its epoch. */
+int repl_link_peer_role(const repl_link *l);
+uint64_t repl_link_peer_epoch(const repl_link *l);
 void repl_link_start(repl_link *l, repl_link_handler h, repl_link_closed c, void *ctx);
 
 /* Queues a message (copied). Waits up to wait_ms for room (-1: forever,

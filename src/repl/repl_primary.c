@@ -124,7 +124,8 @@ static struct {
     int open_count;
     int inotify_fd, fd_listen;
     int handshakes;
-    pthread_t acceptor, watcher, *workers;
+    pthread_t acceptor, watcher, dialer, *workers;
+    int switching;
     uint64_t cookie;
     /* sync mode: set when a wait timed out, cleared once enough replicas
      * have caught up again */
@@ -328,6 +329,14 @@ static void on_msg(void *ctx, repl_link *l, const repl_msg *m)
     int slot = slot_of(l);
     long idx = find_acct(name);
     psess *s = slot >= 0 ? &P.sess[slot] : NULL;
+    if (s && m->type == REPL_SWITCHOVER) {
+        int busy = P.switching;
+        P.switching = 1;
+        pthread_mutex_unlock(&P.mu);
+        if (!busy)
+            repl_primary_switchover(l, m->a);
+        return;
+    }
     if (!s || (idx < 0 && m->type != REPL_ERROR)) {
         pthread_mutex_unlock(&P.mu);
         if (s)
@@ -944,30 +953,15 @@ typedef struct hs_arg {
     int fd;
 } hs_arg;
 
-static void *handshake_main(void *arg)
+/* Makes a handshaken link a replica session. Returns its slot, or -1
+ * (the link is freed). */
+static int install(repl_link *l)
 {
-    hs_arg *h = arg;
-    repl_link_opts o = {
-        .ssl = P.cfg->server_ssl,
-        .is_server = 1,
-        .role = REPL_ROLE_PRIMARY,
-        .secret = P.cfg->secret,
-        .secret_len = P.cfg->secret_len,
-        .store = P.cfg->store_name,
-        .rate_bytes_per_s = P.cfg->rate,
-        .handshake_ms = 10000,
-    };
-    repl_link *l;
-    hv_err err = {0};
-    int rc = repl_link_handshake(h->fd, &o, &l, &err);
-    free(h);
-    pthread_mutex_lock(&P.mu);
-    P.handshakes--;
-    if (rc < 0) {
-        pthread_mutex_unlock(&P.mu);
-        log_warn("repl: handshake_failed reason=\"%s\"", err.msg);
-        return NULL;
+    if (repl_resolve_link(P.cfg, l) < 0) {
+        repl_link_free(l);
+        return -1;
     }
+    pthread_mutex_lock(&P.mu);
     int slot = -1;
     for (int k = 0; k < MAX_LINKS && slot < 0; k++)
         if (!P.sess[k].used)
@@ -977,7 +971,7 @@ static void *handshake_main(void *arg)
         log_warn("repl: refused peer=%s reason=\"already %d replicas connected\"",
                  repl_link_peer_addr(l), MAX_LINKS);
         repl_link_free(l);
-        return NULL;
+        return -1;
     }
     psess *s = &P.sess[slot];
     s->used = 1;
@@ -989,9 +983,222 @@ static void *handshake_main(void *arg)
     snprintf(s->peer, sizeof(s->peer), "%s", repl_link_peer_addr(l));
     snprintf(s->peer_store, sizeof(s->peer_store), "%s", repl_link_peer_store(l));
     repl_link_start(l, on_msg, on_closed, NULL);
-    log_info("repl: link_up peer=%s store=%s accounts=%zu", s->peer, s->peer_store, s->nacc);
+    log_info("repl: link_up peer=%s store=%s accounts=%zu epoch=%llu", s->peer, s->peer_store,
+             s->nacc, (unsigned long long)P.cfg->epoch);
     pthread_mutex_unlock(&P.mu);
+    return slot;
+}
+
+static void *handshake_main(void *arg)
+{
+    hs_arg *h = arg;
+    repl_link_opts o;
+    repl_link_options(P.cfg, 1, &o);
+    repl_link *l;
+    hv_err err = {0};
+    int rc = repl_link_handshake(h->fd, &o, &l, &err);
+    free(h);
+    pthread_mutex_lock(&P.mu);
+    P.handshakes--;
+    pthread_mutex_unlock(&P.mu);
+    if (rc < 0) {
+        log_warn("repl: handshake_failed reason=\"%s\"", err.msg);
+        return NULL;
+    }
+    install(l);
     return NULL;
+}
+
+/* A primary whose config names a peer (repl_primary: it was that peer's
+ * replica before a promotion) dials it and streams to it. */
+static void *dialer_main(void *arg)
+{
+    (void)arg;
+    unsigned backoff = 1000;
+    for (;;) {
+        pthread_mutex_lock(&P.mu);
+        int stop = P.stopping;
+        pthread_mutex_unlock(&P.mu);
+        if (stop)
+            return NULL;
+        hv_err err = {0};
+        int fd = -1;
+        repl_link *l = NULL;
+        int rc = repl_dial(P.cfg, &fd, &err);
+        if (rc == 0) {
+            repl_link_opts o;
+            repl_link_options(P.cfg, 0, &o);
+            rc = repl_link_handshake(fd, &o, &l, &err);
+        }
+        int slot = rc == 0 ? install(l) : -1;
+        if (slot < 0) {
+            if (rc < 0)
+                log_warn("repl: connect_failed peer=%s:%s reason=\"%s\" retry_in_ms=%u",
+                         P.cfg->primary_host, P.cfg->primary_port, err.msg, backoff);
+            for (unsigned w = 0; w < backoff; w += 100) {
+                pthread_mutex_lock(&P.mu);
+                stop = P.stopping;
+                pthread_mutex_unlock(&P.mu);
+                if (stop)
+                    return NULL;
+                usleep(100000);
+            }
+            backoff = backoff >= 8000 ? 10000 : backoff * 2;
+            continue;
+        }
+        backoff = 1000;
+        pthread_mutex_lock(&P.mu);
+        uint32_t gen = P.sess[slot].gen;
+        while (!P.stopping && P.sess[slot].used && P.sess[slot].gen == gen &&
+               !P.sess[slot].dead) {
+            struct timespec dl;
+            clock_gettime(CLOCK_REALTIME, &dl);
+            dl.tv_sec += 1;
+            pthread_cond_timedwait(&P.acked_cv, &P.mu, &dl);
+        }
+        pthread_mutex_unlock(&P.mu);
+    }
+}
+
+/* ---- planned switchover ---- */
+
+typedef struct sw_arg {
+    repl_link *l;
+    uint64_t epoch;
+} sw_arg;
+
+static int ensure_open(pacct *pa, hv_err *err);
+static void mark_changed(size_t idx);
+
+/* 1 when every account is streaming to the link's replica and acked up
+ * to its highest modseq; -1 when one cannot get there (diverged). */
+static int drained(repl_link *l, char *why, size_t whylen)
+{
+    pthread_mutex_lock(&P.mu);
+    repl_scan_accounts(P.cfg->data_dir, scan_cb, NULL);
+    int slot = slot_of(l);
+    size_t n = P.n;
+    pthread_mutex_unlock(&P.mu);
+    if (slot < 0)
+        return snprintf(why, whylen, "the replica's link went down"), -1;
+    int all = 1;
+    for (size_t i = 0; i < n; i++) {
+        pthread_mutex_lock(&P.mu);
+        pacct *pa = P.accts[i];
+        pthread_mutex_unlock(&P.mu);
+        hv_err err = {0};
+        uint64_t hi = 0;
+        pthread_mutex_lock(&pa->mu);
+        int rc = ensure_open(pa, &err);
+        if (rc == 0)
+            hi = store_highest_modseq(pa->st);
+        pthread_mutex_unlock(&pa->mu);
+        if (rc < 0)
+            return snprintf(why, whylen, "%.250s", err.msg), -1;
+        pthread_mutex_lock(&P.mu);
+        psess *s = &P.sess[slot];
+        if (!s->used || s->dead || s->link != l) {
+            pthread_mutex_unlock(&P.mu);
+            return snprintf(why, whylen, "the replica's link went down"), -1;
+        }
+        sacct *sa = i < s->nacc ? &s->acc[i] : NULL;
+        if (sa && sa->state == S_DIVERGED) {
+            snprintf(why, whylen, "account %.60s diverged on the replica: %.150s", pa->name, sa->why);
+            pthread_mutex_unlock(&P.mu);
+            return -1;
+        }
+        if (!sa || sa->state != S_READY || sa->acked < hi) {
+            all = 0;
+            if (sa && sa->state == S_READY)
+                mark_changed(i);
+        }
+        pthread_mutex_unlock(&P.mu);
+    }
+    return all;
+}
+
+static void *switchover_main(void *arg)
+{
+    sw_arg *a = arg;
+    char why[300], fence[300];
+    snprintf(fence, sizeof(fence), "fenced: store %s switched over to %s at epoch %llu",
+             P.cfg->store_name, repl_link_peer_addr(a->l), (unsigned long long)a->epoch);
+    hv_err err = {0};
+    int rc = a->epoch > P.cfg->epoch ? repl_fence(P.cfg, fence, &err)
+                                     : hv_err_set(&err, -ESTALE, "epoch %llu is not above ours",
+                                                  (unsigned long long)a->epoch);
+    log_warn("repl: switchover_start peer=%s epoch=%llu", repl_link_peer_addr(a->l),
+             (unsigned long long)a->epoch);
+    int d = 0;
+    int64_t t0 = repl_now_ms();
+    while (rc == 0 && (d = drained(a->l, why, sizeof(why))) == 0) {
+        pthread_mutex_lock(&P.mu);
+        struct timespec dl;
+        clock_gettime(CLOCK_REALTIME, &dl);
+        dl.tv_nsec += 100 * 1000000;
+        if (dl.tv_nsec >= 1000000000) {
+            dl.tv_sec++;
+            dl.tv_nsec -= 1000000000;
+        }
+        if (!P.stopping)
+            pthread_cond_timedwait(&P.acked_cv, &P.mu, &dl);
+        int stop = P.stopping;
+        pthread_mutex_unlock(&P.mu);
+        if (stop) {
+            snprintf(why, sizeof(why), "stopping");
+            d = -1;
+            break;
+        }
+    }
+    if (rc < 0 || d < 0) {
+        if (rc < 0)
+            snprintf(why, sizeof(why), "%.250s", err.msg);
+        log_error("repl: switchover_aborted peer=%s reason=\"%s\"", repl_link_peer_addr(a->l),
+                  why);
+        hv_err e2 = {0};
+        if (rc == 0)
+            repl_unfence(P.cfg, &e2);
+        repl_link_shutdown(a->l, "switchover aborted");
+    } else {
+        buf m;
+        buf_init(&m);
+        repl_build_ping(&m, REPL_SWITCHED, a->epoch);
+        repl_link_send(a->l, &m, 5000);
+        buf_free(&m);
+        /* Let SWITCHED leave before the role change closes the link. */
+        for (int i = 0; i < 50; i++) {
+            repl_link_stats st;
+            repl_link_get_stats(a->l, &st);
+            if (!st.queued_bytes)
+                break;
+            usleep(20000);
+        }
+        log_warn("repl: switchover_done peer=%s epoch=%llu drain_ms=%lld",
+                 repl_link_peer_addr(a->l), (unsigned long long)a->epoch,
+                 (long long)(repl_now_ms() - t0));
+        repl_demote(P.cfg, a->epoch, fence);
+    }
+    pthread_mutex_lock(&P.mu);
+    P.switching = 0;
+    pthread_mutex_unlock(&P.mu);
+    free(a);
+    return NULL;
+}
+
+void repl_primary_switchover(repl_link *l, uint64_t epoch)
+{
+    sw_arg *a = malloc(sizeof(*a));
+    a->l = l;
+    a->epoch = epoch;
+    pthread_t t;
+    pthread_attr_t at;
+    pthread_attr_init(&at);
+    pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+    if (pthread_create(&t, &at, switchover_main, a) != 0) {
+        free(a);
+        repl_link_shutdown(l, "cannot start the switchover");
+    }
+    pthread_attr_destroy(&at);
 }
 
 static void *acceptor_main(void *arg)
@@ -1055,7 +1262,10 @@ int repl_primary_start(repl_cfg *cfg, int fd_listen, hv_err *err)
     for (unsigned i = 0; i < cfg->workers; i++)
         pthread_create(&P.workers[i], NULL, worker_main, NULL);
     pthread_create(&P.watcher, NULL, watcher_main, NULL);
-    pthread_create(&P.acceptor, NULL, acceptor_main, NULL);
+    if (fd_listen >= 0)
+        pthread_create(&P.acceptor, NULL, acceptor_main, NULL);
+    if (cfg->primary_host[0])
+        pthread_create(&P.dialer, NULL, dialer_main, NULL);
     log_info("repl: primary ready store=%s accounts=%zu workers=%u window=%llu rate_limit=%llu",
              cfg->store_name, P.n, cfg->workers, (unsigned long long)cfg->window,
              (unsigned long long)cfg->rate);
@@ -1073,7 +1283,10 @@ void repl_primary_stop(void)
         if (P.sess[k].used)
             repl_link_shutdown(P.sess[k].link, "primary stopping");
     pthread_mutex_unlock(&P.mu);
-    pthread_join(P.acceptor, NULL);
+    if (P.fd_listen >= 0)
+        pthread_join(P.acceptor, NULL);
+    if (P.cfg->primary_host[0])
+        pthread_join(P.dialer, NULL);
     for (unsigned i = 0; i < P.cfg->workers; i++)
         pthread_join(P.workers[i], NULL);
     pthread_join(P.watcher, NULL);
@@ -1174,7 +1387,8 @@ void repl_primary_status(buf *o)
     pthread_mutex_lock(&P.mu);
     int64_t now = repl_wall_ms();
     int links = 0;
-    buf_printf(o, "role: primary\nstore: %s\naccounts: %zu\n", P.cfg->store_name, P.n);
+    buf_printf(o, "role: primary\nstore: %s\nepoch: %llu\naccounts: %zu\n", P.cfg->store_name,
+               (unsigned long long)P.cfg->epoch, P.n);
     if (P.cfg->sync)
         buf_printf(o, "mode: sync replicas=%u timeout_ms=%d on_timeout=%s state=%s waits=%llu "
                    "timeouts=%llu%s%s%s\n", P.cfg->sync_k, P.cfg->sync_timeout_ms,

@@ -13,6 +13,7 @@
 static const char *const type_names[] = {
     "?",     "HELLO", "AUTH", "ACCOUNT", "POSITION", "BLOB",       "FRAMES", "ACK",
     "ERROR", "PING",  "PONG", "DIGEST_REQ", "DIGEST", "CRCS_REQ", "CRCS",
+    "EPOCH", "SWITCHOVER", "SWITCHED",
 };
 
 const char *repl_msg_type_name(int type)
@@ -169,6 +170,9 @@ int repl_msg_decode(uint8_t type, const uint8_t *p, size_t len, repl_msg *m, hv_
         break;
     case REPL_PING:
     case REPL_PONG:
+    case REPL_EPOCH:
+    case REPL_SWITCHOVER:
+    case REPL_SWITCHED:
         need_account = 0;
         m->a = rd_u64(&r);
         break;

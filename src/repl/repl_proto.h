@@ -51,8 +51,11 @@ enum repl_msg_type {
     REPL_DIGEST = 12,
     REPL_CRCS_REQ = 13,  /* primary: replcheck asks for record CRCs */
     REPL_CRCS = 14,
+    REPL_EPOCH = 15,     /* both, in the handshake: the sender's epoch */
+    REPL_SWITCHOVER = 16, /* replica: "fence, drain, hand over at epoch a" */
+    REPL_SWITCHED = 17,  /* primary: fenced and drained; the replica may take epoch a */
 };
-#define REPL_MSG_TYPE_MAX 14
+#define REPL_MSG_TYPE_MAX 17
 
 enum repl_role { REPL_ROLE_PRIMARY = 0, REPL_ROLE_REPLICA = 1 };
 
@@ -85,7 +88,8 @@ typedef struct repl_msg {
  *   DIGEST     a = cookie, b = modseq, c = 1 when the account exists;
  *              bytes32 = store_digest
  *   CRCS_REQ   a = cookie, b = first modseq, u32 = most CRCs wanted
- *   CRCS       a = cookie, b = first modseq, u32 = count; data = count x u32 */
+ *   CRCS       a = cookie, b = first modseq, u32 = count; data = count x u32
+ *   EPOCH, SWITCHOVER, SWITCHED   a = epoch */
 
 typedef struct repl_parser {
     uint8_t hdr[REPL_HDR];

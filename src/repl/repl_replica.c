@@ -86,6 +86,8 @@ static struct {
     pthread_t connector, *workers;
     char state[200];
     int64_t connected_ms;
+    uint64_t peer_epoch;
+    uint64_t switched;     /* epoch of the SWITCHED received, 0 none */
     uint64_t records_applied, blobs_imported, acks_sent;
 } R;
 
@@ -141,6 +143,14 @@ static void on_msg(void *ctx, repl_link *l, const repl_msg *m)
     case REPL_DIGEST_REQ:
     case REPL_CRCS_REQ:
         break;
+    case REPL_SWITCHED:
+        /* Everything before it on this link was acknowledged, hence is
+         * durable here: the primary has fenced itself and drained. */
+        pthread_mutex_lock(&R.mu);
+        R.switched = m->a;
+        pthread_cond_broadcast(&R.link_cv);
+        pthread_mutex_unlock(&R.mu);
+        return;
     case REPL_ERROR:
         log_warn("repl: primary_error account=%.*s reason=\"%.*s\"", (int)m->account_len,
                  m->account, (int)m->text_len, m->text);
@@ -493,32 +503,80 @@ static void *worker_main(void *arg)
 
 /* ---- the connection ---- */
 
-static int dial(int *fd_out, hv_err *err)
+/* Gets the next link to the primary: dialled when repl_primary names
+ * it, else accepted on repl_port (a former primary rejoining: the new
+ * primary dials it). */
+static int next_link(repl_link **out, hv_err *err)
 {
-    struct addrinfo hints = {0}, *res, *ai;
-    hints.ai_socktype = SOCK_STREAM;
-    int rc = getaddrinfo(R.cfg->primary_host, R.cfg->primary_port, &hints, &res);
-    if (rc != 0)
-        return hv_err_set(err, -EHOSTUNREACH, "primary %s:%s: %s", R.cfg->primary_host,
-                          R.cfg->primary_port, gai_strerror(rc));
-    int fd = -1;
-    for (ai = res; ai; ai = ai->ai_next) {
-        fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (fd < 0)
-            continue;
-        struct timeval tv = {10, 0};
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-        if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
-            break;
-        close(fd);
-        fd = -1;
+    int fd = -1, rc;
+    repl_link_opts o;
+    if (R.cfg->primary_host[0]) {
+        if ((rc = repl_dial(R.cfg, &fd, err)) < 0)
+            return rc;
+        repl_link_options(R.cfg, 0, &o);
+    } else {
+        for (;;) {
+            pthread_mutex_lock(&R.mu);
+            int stop = R.stopping;
+            pthread_mutex_unlock(&R.mu);
+            if (stop)
+                return hv_err_set(err, -ECANCELED, "stopping");
+            struct pollfd p = {.fd = R.cfg->fd_listen, .events = POLLIN};
+            if (poll(&p, 1, 500) <= 0)
+                continue;
+            fd = accept4(R.cfg->fd_listen, NULL, NULL, SOCK_CLOEXEC);
+            if (fd >= 0)
+                break;
+        }
+        repl_link_options(R.cfg, 1, &o);
     }
-    freeaddrinfo(res);
-    if (fd < 0)
-        return hv_err_sys(err, "connect to primary %s:%s", R.cfg->primary_host,
-                          R.cfg->primary_port);
-    *fd_out = fd;
+    if ((rc = repl_link_handshake(fd, &o, out, err)) < 0)
+        return rc;
+    if (repl_resolve_link(R.cfg, *out) < 0) {
+        rc = hv_err_set(err, -EPROTO, "peer %s (%s at epoch %llu) is no primary for us",
+                        repl_link_peer_addr(*out),
+                        repl_link_peer_role(*out) == REPL_ROLE_PRIMARY ? "primary" : "replica",
+                        (unsigned long long)repl_link_peer_epoch(*out));
+        repl_link_free(*out);
+        *out = NULL;
+        return rc;
+    }
     return 0;
+}
+
+uint64_t repl_replica_peer_epoch(void)
+{
+    pthread_mutex_lock(&R.mu);
+    uint64_t e = R.link && !R.link_dead ? R.peer_epoch : 0;
+    pthread_mutex_unlock(&R.mu);
+    return e;
+}
+
+int repl_replica_switchover(uint64_t epoch, hv_err *err)
+{
+    pthread_mutex_lock(&R.mu);
+    if (!R.link || R.link_dead) {
+        pthread_mutex_unlock(&R.mu);
+        return hv_err_set(err, -ENOTCONN, "the primary is not connected (%s)", R.state);
+    }
+    repl_link *l = R.link;
+    R.switched = 0;
+    buf m;
+    buf_init(&m);
+    repl_build_ping(&m, REPL_SWITCHOVER, epoch);
+    int rc = repl_link_send(l, &m, 5000);
+    buf_free(&m);
+    /* The drain takes as long as the backlog: wait while the link lives. */
+    while (rc == 0 && R.switched != epoch && R.link == l && !R.link_dead && !R.stopping)
+        pthread_cond_wait(&R.link_cv, &R.mu);
+    int done = R.switched == epoch;
+    pthread_mutex_unlock(&R.mu);
+    if (done) {
+        log_warn("repl: switchover_drained epoch=%llu", (unsigned long long)epoch);
+        return 0;
+    }
+    return hv_err_set(err, -ECONNRESET, "the primary went away during the switchover; it may "
+                      "stay fenced: run haven promote again to take over without it");
 }
 
 /* Drops what the old link queued: the primary re-asks every account on the
@@ -554,22 +612,10 @@ static void *connector_main(void *arg)
         }
         pthread_mutex_unlock(&R.mu);
         hv_err err = {0};
-        int fd = -1;
         repl_link *l = NULL;
-        int rc = dial(&fd, &err);
-        if (rc == 0) {
-            repl_link_opts o = {
-                .ssl = R.cfg->client_ssl,
-                .is_server = 0,
-                .role = REPL_ROLE_REPLICA,
-                .secret = R.cfg->secret,
-                .secret_len = R.cfg->secret_len,
-                .store = R.cfg->store_name,
-                .rate_bytes_per_s = R.cfg->rate,
-                .handshake_ms = 10000,
-            };
-            rc = repl_link_handshake(fd, &o, &l, &err);
-        }
+        int rc = next_link(&l, &err);
+        if (rc == -ECANCELED)
+            return NULL;
         if (rc < 0) {
             pthread_mutex_lock(&R.mu);
             snprintf(R.state, sizeof(R.state), "connecting: %.160s", err.msg);
@@ -588,6 +634,7 @@ static void *connector_main(void *arg)
         pthread_mutex_lock(&R.mu);
         R.link = l;
         R.link_dead = 0;
+        R.peer_epoch = repl_link_peer_epoch(l);
         R.connected_ms = repl_wall_ms();
         snprintf(R.state, sizeof(R.state), "up");
         pthread_mutex_unlock(&R.mu);
@@ -625,8 +672,9 @@ int repl_replica_start(repl_cfg *cfg, hv_err *err)
     for (unsigned i = 0; i < cfg->workers; i++)
         pthread_create(&R.workers[i], NULL, worker_main, NULL);
     pthread_create(&R.connector, NULL, connector_main, NULL);
-    log_info("repl: replica ready store=%s primary=%s:%s workers=%u", cfg->store_name,
-             cfg->primary_host, cfg->primary_port, cfg->workers);
+    log_info("repl: replica ready store=%s primary=%s:%s workers=%u epoch=%llu",
+             cfg->store_name, cfg->primary_host[0] ? cfg->primary_host : "(accepting)",
+             cfg->primary_port, cfg->workers, (unsigned long long)cfg->epoch);
     return 0;
 }
 
@@ -645,8 +693,10 @@ void repl_replica_stop(void)
 void repl_replica_status(buf *o)
 {
     pthread_mutex_lock(&R.mu);
-    buf_printf(o, "role: replica\nstore: %s\nprimary: %s:%s\nlink: %s\n", R.cfg->store_name,
-               R.cfg->primary_host, R.cfg->primary_port, R.state);
+    buf_printf(o, "role: replica\nstore: %s\nepoch: %llu\nprimary: %s:%s\nlink: %s\n",
+               R.cfg->store_name, (unsigned long long)R.cfg->epoch,
+               R.cfg->primary_host[0] ? R.cfg->primary_host : "(accepting)",
+               R.cfg->primary_port, R.state);
     if (R.link) {
         repl_link_stats st;
         repl_link_get_stats(R.link, &st);

@@ -27,8 +27,10 @@ struct repl_sync {
 int repl_sync_open(const conf *c, repl_sync **out, hv_err *err)
 {
     *out = NULL;
-    if (strcmp(conf_get(c, "repl_mode"), "sync") != 0 || !repl_configured(c) ||
-        *conf_get(c, "repl_primary"))
+    /* Not only on the configured primary: a replica can be promoted
+     * (docs/replication.md), and while it is a replica its writes are
+     * refused by the fence before they get here. */
+    if (strcmp(conf_get(c, "repl_mode"), "sync") != 0 || !repl_configured(c))
         return 0;
     repl_sync *s = calloc(1, sizeof(*s));
     if (!s)
