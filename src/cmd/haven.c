@@ -62,6 +62,14 @@ static const haven_command commands[] = {
      "domain list",
      "Manage the domains this instance hosts. 'del' is refused while the domain\n"
      "still has accounts or aliases."},
+    {"store", 1, 1, cmd_store,
+     "store add NAME ADDRESS [--replica]\n"
+     "store list\n"
+     "store show NAME\n"
+     "store address NAME ADDRESS",
+     "Name the stores accounts live on and say where each one's IMAP service is\n"
+     "(host:port): the proxy relays each login to its account's store there.\n"
+     "Epochs and roles change with 'promote', not by hand."},
     {"alias", 1, 1, cmd_alias,
      "alias add ADDRESS TARGET\n"
      "alias del ADDRESS\n"

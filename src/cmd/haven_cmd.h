@@ -22,6 +22,7 @@ int cmd_init(haven_ctx *ctx, int argc, char **argv);        /* haven_init.c */
 int cmd_user(haven_ctx *ctx, int argc, char **argv);        /* haven_user.c */
 int cmd_domain(haven_ctx *ctx, int argc, char **argv);      /* haven_domain.c */
 int cmd_alias(haven_ctx *ctx, int argc, char **argv);       /* haven_alias.c */
+int cmd_store(haven_ctx *ctx, int argc, char **argv);       /* haven_store.c */
 int cmd_import(haven_ctx *ctx, int argc, char **argv);      /* haven_import.c */
 int cmd_export(haven_ctx *ctx, int argc, char **argv);      /* haven_export.c */
 int cmd_verify(haven_ctx *ctx, int argc, char **argv);      /* haven_verify.c */

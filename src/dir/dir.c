@@ -505,6 +505,15 @@ int dir_store_set_role(dir *d, const char *name, enum dir_store_role role, hv_er
     return rc < 0 ? rc : d->be->store_set_role(d, st, role, err);
 }
 
+int dir_store_set_address(dir *d, const char *name, const char *address, hv_err *err)
+{
+    char st[DIR_STORE_NAME_MAX + 1];
+    int rc = dir_store_name_normalize(name, st, err);
+    if (rc == 0)
+        rc = store_address_check(address, err);
+    return rc < 0 ? rc : d->be->store_set_address(d, st, address, err);
+}
+
 int dir_version(dir *d, uint64_t *out, hv_err *err) { return d->be->version(d, out, err); }
 
 int dir_watch_fd(dir *d) { return d->be->watch_fd(d); }

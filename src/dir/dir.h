@@ -178,6 +178,9 @@ int dir_store_list(dir *d, dir_store_cb cb, void *ctx, hv_err *err);
  * two racing promotions cannot both win. */
 int dir_store_set_epoch(dir *d, const char *name, uint64_t epoch, hv_err *err);
 int dir_store_set_role(dir *d, const char *name, enum dir_store_role role, hv_err *err);
+/* Where the store's IMAP service listens (host:port): the proxy relays
+ * logins of the store's accounts there. */
+int dir_store_set_address(dir *d, const char *name, const char *address, hv_err *err);
 
 /* --- change tracking --- */
 
@@ -251,6 +254,7 @@ typedef struct dir_backend {
     int (*store_list)(dir *d, dir_store_cb cb, void *ctx, hv_err *err);
     int (*store_set_epoch)(dir *d, const char *name, uint64_t epoch, hv_err *err);
     int (*store_set_role)(dir *d, const char *name, enum dir_store_role role, hv_err *err);
+    int (*store_set_address)(dir *d, const char *name, const char *address, hv_err *err);
     int (*version)(dir *d, uint64_t *out, hv_err *err);
     int (*watch_fd)(dir *d);
     int (*watch_drain)(dir *d, uint64_t *version_out, hv_err *err);

@@ -842,6 +842,18 @@ static int pg_store_set_role(dir *d, const char *name, enum dir_store_role role,
     return tx_finish(p, rc, err);
 }
 
+static int pg_store_set_address(dir *d, const char *name, const char *address, hv_err *err)
+{
+    pg_dir *p = pd_of(d);
+    int rc = tx_begin(p, err);
+    if (rc < 0)
+        return rc;
+    rc = exec(p, err, "UPDATE stores SET address = $1 WHERE name = $2", "ss", address, name);
+    if (rc == 0)
+        rc = hv_err_set(err, -ENOENT, "no store %s", name);
+    return tx_finish(p, rc, err);
+}
+
 static int pg_version(dir *d, uint64_t *out, hv_err *err)
 {
     int64_t v = 0;
@@ -943,6 +955,7 @@ const dir_backend dir_pg_backend = {
     .store_list = pg_store_list,
     .store_set_epoch = pg_store_set_epoch,
     .store_set_role = pg_store_set_role,
+    .store_set_address = pg_store_set_address,
     .version = pg_version,
     .watch_fd = pg_watch_fd,
     .watch_drain = pg_watch_drain,

@@ -769,6 +769,19 @@ static int sqlite_store_set_role(dir *d, const char *name, enum dir_store_role r
     return tx_finish(s, rc, err);
 }
 
+static int sqlite_store_set_address(dir *d, const char *name, const char *address,
+                                    hv_err *err)
+{
+    sqlite_dir *s = sd_of(d);
+    int rc = tx_begin(s, err);
+    if (rc < 0)
+        return rc;
+    rc = exec(s, err, "UPDATE stores SET address = ? WHERE name = ?", "ss", address, name);
+    if (rc == 0)
+        rc = hv_err_set(err, -ENOENT, "no store %s", name);
+    return tx_finish(s, rc, err);
+}
+
 static int sqlite_version(dir *d, uint64_t *out, hv_err *err)
 {
     int64_t v = 0;
@@ -831,6 +844,7 @@ const dir_backend dir_sqlite_backend = {
     .store_list = sqlite_store_list,
     .store_set_epoch = sqlite_store_set_epoch,
     .store_set_role = sqlite_store_set_role,
+    .store_set_address = sqlite_store_set_address,
     .version = sqlite_version,
     .watch_fd = sqlite_watch_fd,
     .watch_drain = sqlite_watch_drain,

@@ -78,8 +78,7 @@ class ProxyTest(unittest.TestCase):
         # Node B serves bob, and alice once she is moved there.
         b.add_user("bob@example.org", PW["bob@example.org"])
         b.add_user("alice@example.org", PW["alice@example.org"])
-        dir_write(a, ("INSERT INTO stores (name, address, role, epoch) VALUES (?, ?, ?, 0)",
-                      ("b", "127.0.0.1:%d" % b.ports["imap"], "primary")))
+        a.haven("store", "add", "b", "127.0.0.1:%d" % b.ports["imap"])
         a.start()
         b.start()
         a.wait_port(cls.pport)

@@ -326,6 +326,22 @@ run 0 alias del info@example.org
 run 0 alias list
 out_is ""
 
+echo "== stores"
+run 0 store add east 127.0.0.1:1143
+run 0 store add west 127.0.0.1:2143 --replica
+run 1 store add east 127.0.0.1:9
+err_has "already exists"
+run 0 store address west 127.0.0.1:3143
+run 0 store list
+out_has "east	127.0.0.1:1143	primary	0"
+out_has "west	127.0.0.1:3143	replica	0"
+run 0 store show west
+out_has "address: 127.0.0.1:3143"
+run 1 store address nope 127.0.0.1:1
+run 1 store add 'bad name' 127.0.0.1:1
+run 2 store add east
+run 2 store frobnicate
+
 echo "== relative config path, from another folder"
 (cd "$tmp" && "$repo/bin/haven" -c haven.conf user list) >"$tmp/out" || fail "relative -c"
 out_has "alice@example.org"

@@ -588,6 +588,7 @@ TEST(test_version_bumps_on_each_change)
     BUMPS(dir_store_add(d, "s2", "10.0.0.2:24", DIR_ROLE_PRIMARY, &err));
     BUMPS(dir_store_set_epoch(d, "s2", 1, &err));
     BUMPS(dir_store_set_role(d, "s2", DIR_ROLE_REPLICA, &err));
+    BUMPS(dir_store_set_address(d, "s2", "10.0.0.3:143", &err));
     BUMPS(dir_account_del(d, "b@new.org", &err));
     BUMPS(dir_domain_del(d, "new.org", &err));
     /* Failed changes and reads leave it alone; so do login attempts. */
@@ -729,6 +730,10 @@ TEST(test_stores)
     CHECK(dir_store_set_role(d, "store2", DIR_ROLE_PRIMARY, &err) == 0);
     CHECK(dir_store_get(d, "store2", &s, &err) == 0 && s.role == DIR_ROLE_PRIMARY);
     CHECK(dir_store_set_role(d, "nope", DIR_ROLE_PRIMARY, &err) == -ENOENT);
+    CHECK(dir_store_set_address(d, "store2", "10.0.0.9:1143", &err) == 0);
+    CHECK(dir_store_get(d, "store2", &s, &err) == 0 && strcmp(s.address, "10.0.0.9:1143") == 0);
+    CHECK(dir_store_set_address(d, "nope", "10.0.0.9:1143", &err) == -ENOENT);
+    CHECK(dir_store_set_address(d, "store2", "bad\naddress", &err) == -EINVAL);
     int n = 0;
     CHECK(dir_store_list(d, store_count, &n, &err) == 0 && n == 2);
     dir_close(d);
