@@ -46,7 +46,7 @@ const conf_key conf_keys[] = {
     {"smtp_client_max_messages_per_minute", "60000", "messages one client address may send per minute (0: no limit)"},
     {"smtp_auth_fail_delay_ms", "2000", "delay before answering a failed SMTP AUTH (grows per address)"},
     {"smtp_workers", "16", "worker threads of the smtp service (directory, passwords, queue syncs)"},
-    {"lmtp_workers", "8", "worker threads of the lmtp service (store writes)"},
+    {"lmtp_workers", "24", "worker threads of the lmtp service (store writes)"},
     {"queue_lifetime", "432000", "seconds a deferred recipient is retried before a DSN goes to the sender"},
     {"queue_retry_min", "60", "first retry delay of a deferred recipient, in seconds (doubles each try)"},
     {"queue_retry_max", "3600", "longest retry delay, in seconds"},
