@@ -20,8 +20,14 @@
  * On (re)connect each account starts with ACCOUNT -> POSITION: the
  * replica says what it has durably and the CRC of that record; the primary
  * checks the CRC against its own record of that modseq. A replica that is
- * ahead, or whose record differs, has diverged: that account is not
- * streamed (status and replcheck show it) and nothing is overwritten.
+ * ahead, or whose record differs, has diverged (a former primary with
+ * writes this one never got): the account is not streamed; the primary
+ * finds the last modseq both logs share (record CRCs, as replcheck) and
+ * sends REJOIN. The replica sends the messages appended after it as
+ * SALVAGE; they are appended here as new messages (store_append_once, so a
+ * repeated rejoin adds nothing twice), SALVAGE_OK tells the replica to set
+ * its copy aside, and the account streams to it again from modseq 0.
+ * Nothing the replica held is overwritten or dropped.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -48,9 +54,9 @@
 #define OPEN_MAX 256             /* store handles kept open when idle */
 #define LAT_BUCKETS 1000         /* ack latency histogram, 1 ms buckets */
 
-enum sstate { S_NEW, S_WAIT_POS, S_VERIFY, S_READY, S_DIVERGED, S_FAILED };
+enum sstate { S_NEW, S_WAIT_POS, S_VERIFY, S_READY, S_DIVERGED, S_FAILED, S_REJOIN };
 static const char *const sstate_names[] = {"new", "asking", "verifying", "streaming",
-                                           "diverged", "failed"};
+                                           "diverged", "failed", "rejoining"};
 
 typedef struct pacct {
     char name[REPL_ACCOUNT_MAX + 1];
@@ -99,6 +105,16 @@ typedef struct psess {
     uint8_t rq_digest[32];
     uint32_t *rq_crcs;
     uint32_t rq_n;
+    int rq_busy;        /* one request at a time: replcheck and rejoins share it */
+    /* The salvage in progress on this link (the replica sends one account's
+     * messages at a time, each message's chunks in a row). Used only by
+     * the link's I/O thread, and by the watcher once the link is dead. */
+    char sv_acct[REPL_ACCOUNT_MAX + 1];
+    store_account *sv_st;
+    buf sv_body;
+    uint64_t sv_modseq, sv_size, sv_stored, sv_dups;
+    int sv_failed;
+    char sv_why[200];
 } psess;
 
 typedef struct job {
@@ -320,6 +336,158 @@ static void on_ack(psess *s, int slot, size_t idx, uint64_t m)
     pthread_cond_broadcast(&P.acked_cv);
 }
 
+/* ---- salvage: a rejoining replica's divergent tail (I/O thread) ---- */
+
+static void sv_close(psess *s)
+{
+    if (s->sv_st)
+        store_close(s->sv_st);
+    s->sv_st = NULL;
+    buf_free(&s->sv_body);
+    s->sv_acct[0] = 0;
+    s->sv_stored = s->sv_dups = 0;
+    s->sv_failed = 0;
+    s->sv_why[0] = 0;
+}
+
+static void sv_fail(psess *s, const char *why)
+{
+    if (!s->sv_failed)
+        snprintf(s->sv_why, sizeof(s->sv_why), "%.190s", why);
+    s->sv_failed = 1;
+}
+
+/* Stores the complete message in s->sv_body. */
+static void sv_store(psess *s, const repl_msg *m)
+{
+    hv_err err = {0};
+    char box[REPL_MAILBOX_MAX + 1], kw[REPL_KEYWORDS_MAX + 1], did[STORE_DELIVERY_ID_MAX + 1];
+    memcpy(box, m->text, m->text_len);
+    box[m->text_len] = 0;
+    memcpy(kw, m->text2 ? m->text2 : "", m->text2_len);
+    kw[m->text2_len] = 0;
+    uint64_t flags = m->d;
+    store_mailbox_info mi;
+    uint32_t mbox = 0;
+    int rc = 0;
+    if (store_mailbox_find(s->sv_st, box, &mi) == 0)
+        mbox = mi.id;
+    else
+        rc = store_mailbox_create(s->sv_st, box, 0, &mbox, &err);
+    char *save = NULL;
+    for (char *k = strtok_r(kw, " ", &save); k && rc == 0; k = strtok_r(NULL, " ", &save)) {
+        uint64_t bit;
+        hv_err e2 = {0};
+        if (store_keyword(s->sv_st, k, 1, &bit, &e2) == 0)
+            flags |= bit;
+        else
+            log_warn("repl: salvage_keyword_dropped account=%s old_modseq=%llu keyword=\"%s\" "
+                     "reason=\"%s\"", s->sv_acct, (unsigned long long)m->a, k, e2.msg);
+    }
+    /* The id makes a repeated rejoin (the link broke before SALVAGE_OK)
+     * add nothing twice. */
+    snprintf(did, sizeof(did), "salvage-%llu-%llu", (unsigned long long)P.cfg->epoch,
+             (unsigned long long)m->a);
+    uint32_t uid = 0;
+    int dup = 0;
+    if (rc == 0)
+        rc = store_append_once(s->sv_st, mbox, did, s->sv_body.data, s->sv_body.len, flags,
+                               (int64_t)m->e, &uid, &dup, &err);
+    if (rc < 0) {
+        log_error("repl: salvage_failed account=%s peer=%s old_modseq=%llu mailbox=\"%s\" "
+                  "reason=\"%s\"", s->sv_acct, s->peer_store, (unsigned long long)m->a, box,
+                  err.msg);
+        sv_fail(s, err.msg);
+        return;
+    }
+    if (dup)
+        s->sv_dups++;
+    else
+        s->sv_stored++;
+    log_warn("repl: salvaged account=%s peer=%s old_modseq=%llu mailbox=\"%s\" uid=%u "
+             "size=%zu%s", s->sv_acct, s->peer_store, (unsigned long long)m->a, box, uid,
+             s->sv_body.len, dup ? " duplicate=1 (stored by an earlier rejoin)" : "");
+}
+
+static void sv_chunk(psess *s, const char *name, const char *dir, const repl_msg *m)
+{
+    if (strcmp(s->sv_acct, name) != 0) {
+        sv_close(s);
+        snprintf(s->sv_acct, sizeof(s->sv_acct), "%s", name);
+        hv_err err = {0};
+        if (store_open(dir, name, 0, &P.cfg->sopt, &s->sv_st, &err) < 0) {
+            s->sv_st = NULL;
+            sv_fail(s, err.msg);
+        }
+    }
+    if (s->sv_failed)
+        return;
+    if (m->c == 0) {
+        buf_reset(&s->sv_body);
+        s->sv_modseq = m->a;
+        s->sv_size = m->b;
+    } else if (m->a != s->sv_modseq || m->b != s->sv_size || m->c != s->sv_body.len) {
+        sv_fail(s, "salvage chunks out of order");
+        return;
+    }
+    buf_append(&s->sv_body, m->data, m->data_len);
+    if (s->sv_body.len == s->sv_size)
+        sv_store(s, m);
+}
+
+static void sv_end(psess *s, repl_link *l, const char *name, const repl_msg *m)
+{
+    if (strcmp(s->sv_acct, name) != 0) {
+        sv_close(s); /* no message came for this account */
+        snprintf(s->sv_acct, sizeof(s->sv_acct), "%s", name);
+    }
+    if (!s->sv_failed && s->sv_stored + s->sv_dups != m->b) {
+        char why[120];
+        snprintf(why, sizeof(why), "stored %llu of %llu salvaged messages",
+                 (unsigned long long)(s->sv_stored + s->sv_dups), (unsigned long long)m->b);
+        sv_fail(s, why);
+    }
+    buf msg;
+    buf_init(&msg);
+    int failed = s->sv_failed;
+    char why[200];
+    snprintf(why, sizeof(why), "%s", s->sv_why);
+    if (failed) {
+        log_error("repl: salvage_incomplete account=%s peer=%s common_modseq=%llu reason=\"%s\" "
+                  "action=\"the replica keeps its copy; retry in 5 s\"", name, s->peer_store,
+                  (unsigned long long)m->a, why);
+        repl_build_error(&msg, name, -EIO, why);
+    } else {
+        log_warn("repl: salvage_done account=%s peer=%s common_modseq=%llu messages=%llu "
+                 "stored=%llu already_there=%llu other_records_not_replayed=%llu", name,
+                 s->peer_store, (unsigned long long)m->a, (unsigned long long)m->b,
+                 (unsigned long long)s->sv_stored, (unsigned long long)s->sv_dups,
+                 (unsigned long long)m->c);
+        repl_build_salvage_ok(&msg, name, s->sv_stored, s->sv_dups);
+    }
+    sv_close(s);
+    /* Queued before the state allows the watcher's next ACCOUNT, so the
+     * replica reads them in this order. */
+    repl_link_send(l, &msg, 0);
+    buf_free(&msg);
+    pthread_mutex_lock(&P.mu);
+    long idx = find_acct(name);
+    if (idx >= 0 && (size_t)idx < s->nacc && s->acc[idx].state == S_REJOIN) {
+        sacct *sa = &s->acc[idx];
+        if (failed) {
+            sa->state = S_FAILED;
+            snprintf(sa->why, sizeof(sa->why), "salvage: %.180s", why);
+            sa->retry_at = repl_now_ms() + 5000;
+        } else {
+            /* The replica sets its copy aside on SALVAGE_OK, before it
+             * reads the ACCOUNT the watcher sends next: it answers from 0. */
+            sa->state = S_NEW;
+            sa->why[0] = 0;
+        }
+    }
+    pthread_mutex_unlock(&P.mu);
+}
+
 static void on_msg(void *ctx, repl_link *l, const repl_msg *m)
 {
     (void)ctx;
@@ -345,6 +513,24 @@ static void on_msg(void *ctx, repl_link *l, const repl_msg *m)
         return;
     }
     sacct *sa = idx >= 0 ? &s->acc[idx] : NULL;
+    if (m->type == REPL_SALVAGE || m->type == REPL_SALVAGE_END) {
+        if (sa->state != S_REJOIN) {
+            pthread_mutex_unlock(&P.mu);
+            repl_link_shutdown(l, "replica sent SALVAGE for an account that is not rejoining");
+            return;
+        }
+        char dir[sizeof(P.accts[idx]->dir)];
+        snprintf(dir, sizeof(dir), "%s", P.accts[idx]->dir);
+        pthread_mutex_unlock(&P.mu);
+        /* Appends and their fsyncs, on the I/O thread: a rejoin is rare,
+         * and waiting here holds back the replica's sending (TCP), which
+         * bounds what a long tail costs in memory. */
+        if (m->type == REPL_SALVAGE)
+            sv_chunk(s, name, dir, m);
+        else
+            sv_end(s, l, name, m);
+        return;
+    }
     switch (m->type) {
     case REPL_POSITION:
         if (sa->state == S_WAIT_POS) {
@@ -633,6 +819,55 @@ static void maybe_close(pacct *pa)
     }
 }
 
+static int first_difference(int slot, uint32_t gen, pacct *pa, uint64_t mp, uint64_t mr,
+                            uint64_t *out, hv_err *err);
+
+/* A replica diverged on an account (it holds records this primary lacks):
+ * find the last modseq both logs share and ask it to rejoin from there
+ * (REJOIN). Called by the worker that found it, without pa->mu. */
+static void start_rejoin(job j, pacct *pa, repl_link *link, uint64_t pos, uint64_t hi)
+{
+    hv_err err = {0};
+    uint64_t first = 0;
+    pthread_mutex_lock(&P.mu);
+    psess *s = &P.sess[j.slot];
+    int rc = first_difference(j.slot, j.gen, pa, hi, pos, &first, &err);
+    uint64_t upto = hi < pos ? hi : pos;
+    uint64_t common = first ? first - 1 : upto;
+    char store[REPL_STORE_NAME_MAX + 1];
+    snprintf(store, sizeof(store), "%s", s->peer_store);
+    int live = s->gen == j.gen && !s->dead && j.idx < s->nacc &&
+               s->acc[j.idx].state == S_REJOIN;
+    if (live && rc < 0) {
+        sacct *sa = &s->acc[j.idx];
+        sa->state = S_DIVERGED;
+        snprintf(sa->why, sizeof(sa->why), "cannot find where the logs part: %.150s", err.msg);
+    } else if (live && common >= pos) {
+        /* The replica's log is a prefix after all: ask again. */
+        s->acc[j.idx].state = S_NEW;
+        live = 0;
+    }
+    pthread_mutex_unlock(&P.mu);
+    if (!live)
+        return;
+    if (rc < 0) {
+        log_error("repl: account=%s peer=%s diverged reason=\"cannot find where the logs part: "
+                  "%s\" action=\"not streamed\"", pa->name, store, err.msg);
+        return;
+    }
+    log_warn("repl: rejoin_start account=%s peer=%s common_modseq=%llu replica_modseq=%llu "
+             "primary_modseq=%llu replica_only_records=%llu action=\"the replica's messages "
+             "after common_modseq are appended here as new messages\"", pa->name, store,
+             (unsigned long long)common, (unsigned long long)pos, (unsigned long long)hi,
+             (unsigned long long)(pos - common));
+    buf m;
+    buf_init(&m);
+    repl_build_rejoin(&m, pa->name, common, P.cfg->epoch);
+    if (repl_link_send(link, &m, 5000) < 0)
+        repl_link_shutdown(link, "cannot send REJOIN");
+    buf_free(&m);
+}
+
 static void run_job(job j)
 {
     pthread_mutex_lock(&P.mu);
@@ -686,6 +921,9 @@ static void run_job(job j)
         pthread_mutex_lock(&P.mu);
         if (s->gen == j.gen && !s->dead) {
             sa = &s->acc[j.idx];
+            /* A divergent replica rejoins: its tail is salvaged here. */
+            if (new_state == S_DIVERGED)
+                new_state = S_REJOIN;
             sa->state = (uint8_t)new_state;
             sa->hi = hi;
             if (new_state == S_READY)
@@ -694,9 +932,10 @@ static void run_job(job j)
                 snprintf(sa->why, sizeof(sa->why), "%s", why);
         }
         pthread_mutex_unlock(&P.mu);
-        if (new_state == S_DIVERGED)
-            log_error("repl: account=%s peer=%s diverged reason=\"%s\" action=\"not streamed; "
-                      "see haven replcheck\"", pa->name, s->peer_store, why);
+        if (new_state == S_REJOIN)
+            log_error("repl: account=%s peer=%s diverged reason=\"%s\" action=\"rejoin: the "
+                      "replica's divergent messages are salvaged, then it resyncs\"", pa->name,
+                      s->peer_store, why);
     }
     if (new_state == S_READY) {
         pthread_mutex_lock(&P.mu);
@@ -736,6 +975,8 @@ static void run_job(job j)
     pthread_mutex_unlock(&pa->mu);
     buf_free(&x.batch);
     buf_free(&x.msg);
+    if (new_state == S_REJOIN)
+        start_rejoin(j, pa, link, pos, hi);
 
     pthread_mutex_lock(&P.mu);
     s->running--;
@@ -915,6 +1156,7 @@ static void *watcher_main(void *arg)
                         free(s->acc[i].win);
                     free(s->acc);
                     free(s->rq_crcs);
+                    sv_close(s);
                     uint32_t gen = s->gen;
                     memset(s, 0, sizeof(*s));
                     s->gen = gen + 1;
@@ -1460,26 +1702,34 @@ void repl_primary_status(buf *o)
 static int ask(int slot, uint32_t gen, const buf *req, uint64_t cookie)
 {
     psess *s = &P.sess[slot];
+    while (s->gen == gen && !s->dead && !P.stopping && s->rq_busy)
+        pthread_cond_wait(&P.rq_cv, &P.mu);
+    if (s->gen != gen || s->dead || P.stopping)
+        return -EPIPE;
+    s->rq_busy = 1;
     s->rq_cookie = cookie;
     s->rq_done = 0;
     repl_link *l = s->link;
     pthread_mutex_unlock(&P.mu);
     int rc = repl_link_send(l, req, 10000);
     pthread_mutex_lock(&P.mu);
-    if (rc < 0)
-        return rc;
     int64_t until = repl_now_ms() + 60000;
-    while (!(s->gen == gen && s->rq_done)) {
+    while (rc == 0 && !(s->gen == gen && s->rq_done)) {
         if (s->gen != gen || s->dead || P.stopping)
-            return -EPIPE;
-        if (repl_now_ms() > until)
-            return -ETIMEDOUT;
-        struct timespec dl;
-        clock_gettime(CLOCK_REALTIME, &dl);
-        dl.tv_sec += 1;
-        pthread_cond_timedwait(&P.rq_cv, &P.mu, &dl);
+            rc = -EPIPE;
+        else if (repl_now_ms() > until)
+            rc = -ETIMEDOUT;
+        else {
+            struct timespec dl;
+            clock_gettime(CLOCK_REALTIME, &dl);
+            dl.tv_sec += 1;
+            pthread_cond_timedwait(&P.rq_cv, &P.mu, &dl);
+        }
     }
-    return 0;
+    if (s->gen == gen)
+        s->rq_busy = 0;
+    pthread_cond_broadcast(&P.rq_cv);
+    return rc;
 }
 
 typedef struct crc_collect {
@@ -1591,7 +1841,8 @@ static int check_one(int slot, size_t idx, buf *o, hv_err *err)
             break;
         }
         sacct *sa = &s->acc[idx];
-        if (sa->state == S_DIVERGED || sa->state == S_FAILED || (mr > mp && mp == last_mp))
+        if (sa->state == S_DIVERGED || sa->state == S_FAILED || sa->state == S_REJOIN ||
+            (mr > mp && mp == last_mp))
             break;
         last_mp = mp;
         /* Behind: give the stream a moment to catch up, then look again. */

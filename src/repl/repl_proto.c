@@ -13,7 +13,7 @@
 static const char *const type_names[] = {
     "?",     "HELLO", "AUTH", "ACCOUNT", "POSITION", "BLOB",       "FRAMES", "ACK",
     "ERROR", "PING",  "PONG", "DIGEST_REQ", "DIGEST", "CRCS_REQ", "CRCS",
-    "EPOCH", "SWITCHOVER", "SWITCHED",
+    "EPOCH", "SWITCHOVER", "SWITCHED", "REJOIN", "SALVAGE", "SALVAGE_END", "SALVAGE_OK",
 };
 
 const char *repl_msg_type_name(int type)
@@ -233,6 +233,31 @@ int repl_msg_decode(uint8_t type, const uint8_t *p, size_t len, repl_msg *m, hv_
             m->data = rd_bytes(&r, (size_t)m->u32 * 4);
             m->data_len = (size_t)m->u32 * 4;
             break;
+        case REPL_REJOIN:
+        case REPL_SALVAGE_OK:
+            m->a = rd_u64(&r);
+            m->b = rd_u64(&r);
+            break;
+        case REPL_SALVAGE_END:
+            m->a = rd_u64(&r);
+            m->b = rd_u64(&r);
+            m->c = rd_u64(&r);
+            break;
+        case REPL_SALVAGE:
+            m->a = rd_u64(&r);
+            m->b = rd_u64(&r);
+            m->c = rd_u64(&r);
+            m->d = rd_u64(&r);
+            m->e = rd_u64(&r);
+            m->text = rd_name(&r, &m->text_len);
+            m->text2 = rd_name(&r, &m->text2_len);
+            if (r.ok && (m->text_len == 0 || !text_ok(m->text, m->text_len, REPL_MAILBOX_MAX) ||
+                         !text_ok(m->text2, m->text2_len, REPL_KEYWORDS_MAX)))
+                return hv_err_set(err, -EPROTO, "SALVAGE with a bad mailbox name or keywords");
+            if (r.ok && (m->d & ~0xffull))
+                return hv_err_set(err, -EPROTO, "SALVAGE with flags beyond the system flags");
+            rest = 1;
+            break;
         }
     }
     if (rest && r.ok) {
@@ -254,6 +279,13 @@ int repl_msg_decode(uint8_t type, const uint8_t *p, size_t len, repl_msg *m, hv_
             return hv_err_set(err, -EPROTO, "BLOB chunk out of range (size %llu offset %llu "
                               "length %zu)", (unsigned long long)m->a,
                               (unsigned long long)m->b, m->data_len);
+    }
+    if (type == REPL_SALVAGE) {
+        if (m->a == 0 || m->b > (1ull << 40) || m->c > m->b || m->data_len > REPL_BLOB_CHUNK ||
+            m->data_len > m->b - m->c || (m->data_len == 0 && m->b != 0))
+            return hv_err_set(err, -EPROTO, "SALVAGE chunk out of range (modseq %llu size %llu "
+                              "offset %llu length %zu)", (unsigned long long)m->a,
+                              (unsigned long long)m->b, (unsigned long long)m->c, m->data_len);
     }
     if (type == REPL_FRAMES && (m->a == 0 || m->b < m->a || m->data_len < 32))
         return hv_err_set(err, -EPROTO, "FRAMES with a bad modseq range or no frames");
@@ -417,6 +449,53 @@ void repl_build_crcs(buf *b, const char *acct, uint64_t cookie, uint64_t first,
     buf_put_u32(b, n);
     for (uint32_t i = 0; i < n; i++)
         buf_put_u32(b, crcs[i]);
+    repl_msg_end(b, s);
+}
+
+void repl_build_rejoin(buf *b, const char *acct, uint64_t common, uint64_t epoch)
+{
+    size_t s = repl_msg_begin(b, REPL_REJOIN);
+    put_acct(b, acct);
+    buf_put_u64(b, common);
+    buf_put_u64(b, epoch);
+    repl_msg_end(b, s);
+}
+
+void repl_build_salvage(buf *b, const char *acct, uint64_t modseq, uint64_t size,
+                        uint64_t offset, uint64_t flags, int64_t internal_date,
+                        const char *mailbox, size_t mailbox_len, const char *keywords,
+                        size_t keywords_len, const void *chunk, size_t len)
+{
+    size_t s = repl_msg_begin(b, REPL_SALVAGE);
+    put_acct(b, acct);
+    buf_put_u64(b, modseq);
+    buf_put_u64(b, size);
+    buf_put_u64(b, offset);
+    buf_put_u64(b, flags);
+    buf_put_u64(b, (uint64_t)internal_date);
+    repl_put_name(b, mailbox, mailbox_len);
+    repl_put_name(b, keywords, keywords_len);
+    buf_append(b, chunk, len);
+    repl_msg_end(b, s);
+}
+
+void repl_build_salvage_end(buf *b, const char *acct, uint64_t common, uint64_t messages,
+                            uint64_t others)
+{
+    size_t s = repl_msg_begin(b, REPL_SALVAGE_END);
+    put_acct(b, acct);
+    buf_put_u64(b, common);
+    buf_put_u64(b, messages);
+    buf_put_u64(b, others);
+    repl_msg_end(b, s);
+}
+
+void repl_build_salvage_ok(buf *b, const char *acct, uint64_t stored, uint64_t dups)
+{
+    size_t s = repl_msg_begin(b, REPL_SALVAGE_OK);
+    put_acct(b, acct);
+    buf_put_u64(b, stored);
+    buf_put_u64(b, dups);
     repl_msg_end(b, s);
 }
 

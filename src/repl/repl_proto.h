@@ -54,8 +54,15 @@ enum repl_msg_type {
     REPL_EPOCH = 15,     /* both, in the handshake: the sender's epoch */
     REPL_SWITCHOVER = 16, /* replica: "fence, drain, hand over at epoch a" */
     REPL_SWITCHED = 17,  /* primary: fenced and drained; the replica may take epoch a */
+    REPL_REJOIN = 18,    /* primary: "you diverged after modseq a: salvage your tail" */
+    REPL_SALVAGE = 19,   /* replica: (a chunk of) one message of its divergent tail */
+    REPL_SALVAGE_END = 20, /* replica: the whole tail was sent */
+    REPL_SALVAGE_OK = 21,  /* primary: stored; set your copy aside and resync */
 };
-#define REPL_MSG_TYPE_MAX 17
+#define REPL_MSG_TYPE_MAX 21
+/* SALVAGE: a mailbox name and the keyword names (space-separated). */
+#define REPL_MAILBOX_MAX 1000
+#define REPL_KEYWORDS_MAX 12000
 
 enum repl_role { REPL_ROLE_PRIMARY = 0, REPL_ROLE_REPLICA = 1 };
 
@@ -65,14 +72,16 @@ typedef struct repl_msg {
     enum repl_msg_type type;
     const char *account;   /* not NUL-terminated; account_len 0 when absent */
     size_t account_len;
-    uint64_t a, b, c;      /* numbers, by type (see repl_proto.c: decode) */
+    uint64_t a, b, c, d, e; /* numbers, by type (see repl_proto.c: decode) */
     uint32_t u32;          /* POSITION: CRC of the record at a; CRCS: count */
     int32_t code;          /* ERROR: negative errno */
     uint16_t version;      /* HELLO */
     uint8_t role;          /* HELLO */
     const uint8_t *bytes32; /* HELLO nonce, AUTH mac, BLOB id, DIGEST digest */
-    const char *text;      /* HELLO store name, ERROR reason */
+    const char *text;      /* HELLO store name, ERROR reason, SALVAGE mailbox */
     size_t text_len;
+    const char *text2;     /* SALVAGE keywords */
+    size_t text2_len;
     const uint8_t *data;   /* BLOB chunk, FRAMES frames, CRCS array */
     size_t data_len;
 } repl_msg;
@@ -89,7 +98,13 @@ typedef struct repl_msg {
  *              bytes32 = store_digest
  *   CRCS_REQ   a = cookie, b = first modseq, u32 = most CRCs wanted
  *   CRCS       a = cookie, b = first modseq, u32 = count; data = count x u32
- *   EPOCH, SWITCHOVER, SWITCHED   a = epoch */
+ *   EPOCH, SWITCHOVER, SWITCHED   a = epoch
+ *   REJOIN     a = common modseq (the last both logs share), b = primary's epoch
+ *   SALVAGE    a = the message's modseq on the sender, b = body size, c = offset
+ *              of this chunk, d = system flags, e = internal date (int64);
+ *              text = mailbox name, text2 = keywords; data = the chunk
+ *   SALVAGE_END  a = common modseq, b = messages sent, c = other records
+ *   SALVAGE_OK   a = messages stored, b = of them already there (a repeat) */
 
 typedef struct repl_parser {
     uint8_t hdr[REPL_HDR];
@@ -138,6 +153,17 @@ void repl_build_crcs_req(buf *b, const char *acct, uint64_t cookie, uint64_t fir
                          uint32_t max);
 void repl_build_crcs(buf *b, const char *acct, uint64_t cookie, uint64_t first,
                      const uint32_t *crcs, uint32_t n);
+/* Rejoining (docs/replication.md, "Rejoining with a divergent tail"). */
+void repl_build_rejoin(buf *b, const char *acct, uint64_t common, uint64_t epoch);
+void repl_build_salvage(buf *b, const char *acct, uint64_t modseq, uint64_t size,
+                        uint64_t offset, uint64_t flags, int64_t internal_date,
+                        const char *mailbox, size_t mailbox_len, const char *keywords,
+                        size_t keywords_len, const void *chunk, size_t len);
+/* SALVAGE_END (n1 = common, n2 = messages, n3 = other records) and
+ * SALVAGE_OK (n1 = stored, n2 = duplicates; n3 unused, 0). */
+void repl_build_salvage_end(buf *b, const char *acct, uint64_t common, uint64_t messages,
+                            uint64_t others);
+void repl_build_salvage_ok(buf *b, const char *acct, uint64_t stored, uint64_t dups);
 
 /* Copies m's account into out (NUL-terminated; out has REPL_ACCOUNT_MAX+1). */
 void repl_msg_account(const repl_msg *m, char *out);

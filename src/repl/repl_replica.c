@@ -12,7 +12,14 @@
  *   FRAMES      collect, then one store_apply_frames for everything that
  *               is waiting (checked whole, then one fdatasync), then ACK
  *               the account's highest modseq, which is now durable;
- *   DIGEST_REQ, CRCS_REQ   answers for replcheck, after applying.
+ *   DIGEST_REQ, CRCS_REQ   answers for replcheck, after applying;
+ *   REJOIN      this store's log parted from the primary's after a modseq
+ *               (a former primary with writes the new one never got):
+ *               send every message appended after it as SALVAGE, then
+ *               SALVAGE_END;
+ *   SALVAGE_OK  the primary stored them: move the account folder aside to
+ *               DATA/diverged/ (kept, never deleted) and let the next
+ *               ACCOUNT start it afresh from modseq 0.
  * When an account fails (a gap, a bad frame, a full disk) the replica says
  * ERROR and ignores that account's messages until the primary asks again
  * (ACCOUNT), which resumes from what is durable here. Nothing already
@@ -32,8 +39,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "lib/fsutil.h"
 #include "lib/log.h"
 #include "repl/repl_internal.h"
 #include "store/store_internal.h"
@@ -142,6 +152,8 @@ static void on_msg(void *ctx, repl_link *l, const repl_msg *m)
     case REPL_FRAMES:
     case REPL_DIGEST_REQ:
     case REPL_CRCS_REQ:
+    case REPL_REJOIN:
+    case REPL_SALVAGE_OK:
         break;
     case REPL_SWITCHED:
         /* Everything before it on this link was acknowledged, hence is
@@ -296,6 +308,208 @@ static int flush(apply *x)
     return 0;
 }
 
+/* ---- rejoining with a divergent tail ---- */
+
+/* One salvage at a time on the link: the primary collects the chunks of
+ * one message at a time, so two accounts' chunks must not interleave. */
+static pthread_mutex_t salvage_mu = PTHREAD_MUTEX_INITIALIZER;
+
+typedef struct tail_msg {
+    uint64_t modseq, flags, size;
+    int64_t date;
+    uint32_t mailbox;
+    store_blob_id blob;
+} tail_msg;
+
+typedef struct mbox_name {
+    uint32_t id;
+    char *name;
+} mbox_name;
+
+typedef struct tail_scan {
+    const char *account;
+    uint64_t common;
+    tail_msg *msgs;
+    size_t n, cap;
+    mbox_name *boxes; /* every mailbox the log ever named, last name kept */
+    size_t nboxes, capboxes;
+    uint64_t others;
+} tail_scan;
+
+static const char *const rec_names[] = {"?", "mailbox_create", "mailbox_rename",
+                                        "mailbox_delete", "append", "flags", "expunge",
+                                        "subscribe", "setting", "keyword", "checkpoint",
+                                        "append"};
+
+static void box_name(tail_scan *t, uint32_t id, const char *name, size_t len)
+{
+    size_t i = 0;
+    while (i < t->nboxes && t->boxes[i].id != id)
+        i++;
+    if (i == t->nboxes) {
+        if (t->nboxes == t->capboxes) {
+            t->capboxes = t->capboxes ? t->capboxes * 2 : 16;
+            t->boxes = realloc(t->boxes, t->capboxes * sizeof(*t->boxes));
+        }
+        t->boxes[t->nboxes++] = (mbox_name){id, NULL};
+    }
+    free(t->boxes[i].name);
+    t->boxes[i].name = strndup(name, len);
+}
+
+static int tail_cb(void *ctx, const store_record *r)
+{
+    tail_scan *t = ctx;
+    if (r->type == STORE_REC_MAILBOX_CREATE || r->type == STORE_REC_MAILBOX_RENAME)
+        box_name(t, r->mailbox, r->name, r->name_len);
+    if (r->modseq <= t->common)
+        return 0;
+    if (r->type == STORE_REC_APPEND) {
+        if (t->n == t->cap) {
+            t->cap = t->cap ? t->cap * 2 : 64;
+            t->msgs = realloc(t->msgs, t->cap * sizeof(*t->msgs));
+        }
+        t->msgs[t->n++] = (tail_msg){r->modseq, r->flags, r->size, r->internal_date,
+                                     r->mailbox, r->blob};
+        return 0;
+    }
+    /* Not replayed on the primary (docs/replication.md): said here, so the
+     * operator can see what the copy set aside holds beyond the messages. */
+    t->others++;
+    if (t->others <= 100)
+        log_warn("repl: rejoin_not_replayed account=%s modseq=%llu record=%s mailbox=%u%s%.*s%s",
+                 t->account, (unsigned long long)r->modseq,
+                 r->type <= STORE_REC_APPEND_INLINE ? rec_names[r->type] : "?", r->mailbox,
+                 r->name_len ? " name=\"" : "", (int)(r->name_len > 200 ? 200 : r->name_len),
+                 r->name_len ? r->name : "", r->name_len ? "\"" : "");
+    return 0;
+}
+
+/* Mailbox name for a salvaged message: the mailbox's name now, else the
+ * last name the log gave it (deleted since), else INBOX. */
+static const char *salvage_mailbox(store_account *st, tail_scan *t, uint32_t id)
+{
+    store_mailbox_info mi;
+    if (store_mailbox_get(st, id, &mi) == 0)
+        return mi.name;
+    for (size_t i = 0; i < t->nboxes; i++)
+        if (t->boxes[i].id == id && t->boxes[i].name && t->boxes[i].name[0])
+            return t->boxes[i].name;
+    return "INBOX";
+}
+
+static int salvage_tail(apply *x, uint64_t common, uint64_t epoch)
+{
+    racct *a = x->a;
+    int rc = open_acct(a, &x->err);
+    if (rc < 0)
+        return rc;
+    tail_scan t = {.account = a->name, .common = common};
+    rc = store_changes_since(a->st, 0, tail_cb, &t, &x->err);
+    uint64_t hi = store_highest_modseq(a->st);
+    buf m, kw;
+    buf_init(&m);
+    buf_init(&kw);
+    if (rc == 0) {
+        log_warn("repl: rejoin account=%s common_modseq=%llu highest=%llu epoch=%llu "
+                 "messages_to_salvage=%zu other_records=%llu", a->name,
+                 (unsigned long long)common, (unsigned long long)hi, (unsigned long long)epoch,
+                 t.n, (unsigned long long)t.others);
+        pthread_mutex_lock(&salvage_mu);
+        for (size_t i = 0; i < t.n && rc == 0; i++) {
+            tail_msg *tm = &t.msgs[i];
+            char *body = NULL;
+            size_t len = 0;
+            if ((rc = store_blob_read(a->st, &tm->blob, &body, &len, &x->err)) < 0)
+                break;
+            const char *box = salvage_mailbox(a->st, &t, tm->mailbox);
+            /* Keyword bits are this account's own numbering: send names. */
+            buf_reset(&kw);
+            for (int k = STORE_KEYWORD_FIRST; k < 64; k++) {
+                const char *kn = tm->flags & (1ull << k) ? store_keyword_name(a->st, 1ull << k)
+                                                         : NULL;
+                if (kn && kw.len + strlen(kn) + 1 <= REPL_KEYWORDS_MAX) {
+                    if (kw.len)
+                        buf_append(&kw, " ", 1);
+                    buf_append_str(&kw, kn);
+                }
+            }
+            size_t off = 0;
+            do {
+                size_t n = len - off > REPL_BLOB_CHUNK ? REPL_BLOB_CHUNK : len - off;
+                buf_reset(&m);
+                repl_build_salvage(&m, a->name, tm->modseq, len, off, tm->flags & 0xff,
+                                   tm->date, box, strlen(box), (const char *)kw.data, kw.len,
+                                   body + off, n);
+                if ((rc = repl_link_send(x->link, &m, 30000)) < 0) {
+                    hv_err_set(&x->err, rc, "account %s: the link went down while salvaging",
+                               a->name);
+                    break;
+                }
+                off += n;
+            } while (off < len);
+            free(body);
+        }
+        if (rc == 0) {
+            buf_reset(&m);
+            repl_build_salvage_end(&m, a->name, common, t.n, t.others);
+            if ((rc = repl_link_send(x->link, &m, 30000)) < 0)
+                hv_err_set(&x->err, rc, "account %s: the link went down while salvaging",
+                           a->name);
+        }
+        pthread_mutex_unlock(&salvage_mu);
+    }
+    for (size_t i = 0; i < t.nboxes; i++)
+        free(t.boxes[i].name);
+    free(t.boxes);
+    free(t.msgs);
+    buf_free(&m);
+    buf_free(&kw);
+    return rc;
+}
+
+/* The primary holds the salvaged messages now: the account's folder goes
+ * to DATA/diverged/ACCOUNT.UNIXTIME (the operator's to keep or remove),
+ * and the next ACCOUNT creates it empty, to be synced from modseq 0. */
+static int set_aside(apply *x, uint64_t stored, uint64_t dups)
+{
+    racct *a = x->a;
+    char dir[4400], parent[4400], aside_dir[4200], target[4700];
+    int rc = store_account_dir(R.cfg->data_dir, a->name, dir, sizeof(dir), &x->err);
+    if (rc < 0)
+        return rc;
+    if (a->st) {
+        store_close(a->st);
+        a->st = NULL;
+        pthread_mutex_lock(&R.mu);
+        R.open_count--;
+        pthread_mutex_unlock(&R.mu);
+    }
+    snprintf(aside_dir, sizeof(aside_dir), "%s/diverged", R.cfg->data_dir);
+    if ((rc = fs_mkdir_p(aside_dir, 0700, &x->err)) < 0)
+        return rc;
+    long long now = (long long)time(NULL);
+    struct stat sb;
+    snprintf(target, sizeof(target), "%s/%s.%lld", aside_dir, a->name, now);
+    for (int i = 1; lstat(target, &sb) == 0; i++)
+        snprintf(target, sizeof(target), "%s/%s.%lld.%d", aside_dir, a->name, now, i);
+    if (rename(dir, target) < 0)
+        return hv_err_sys(&x->err, "account %s: move %s to %s", a->name, dir, target);
+    snprintf(parent, sizeof(parent), "%s", dir);
+    char *slash = strrchr(parent, '/');
+    if (slash)
+        *slash = 0;
+    if ((rc = fs_fsync_dir(aside_dir, &x->err)) < 0 ||
+        (rc = fs_fsync_dir(parent, &x->err)) < 0)
+        return rc;
+    a->expect = 1;
+    a->blobs_unsynced = 0;
+    log_warn("repl: rejoin_set_aside account=%s kept=\"%s\" salvaged_on_primary=%llu "
+             "already_there=%llu action=\"resync from the primary\"", a->name, target,
+             (unsigned long long)stored, (unsigned long long)dups);
+    return 0;
+}
+
 static int do_item(apply *x, const ritem *it)
 {
     racct *a = x->a;
@@ -404,6 +618,12 @@ static int do_item(apply *x, const ritem *it)
         free(c.crcs);
         return rc < 0 ? rc : 0;
     }
+    case REPL_REJOIN:
+        if ((rc = flush(x)) < 0)
+            return rc;
+        return salvage_tail(x, it->a, it->b);
+    case REPL_SALVAGE_OK:
+        return set_aside(x, it->a, it->b);
     }
     return 0;
 }

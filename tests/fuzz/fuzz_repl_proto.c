@@ -39,10 +39,12 @@ static uint64_t mix(uint64_t h, const void *p, size_t n)
 static uint64_t msg_hash(const repl_msg *m)
 {
     uint64_t h = 1469598103934665603ull;
-    uint64_t nums[6] = {m->type, m->a, m->b, m->c, m->u32, (uint64_t)(uint32_t)m->code};
+    uint64_t nums[8] = {m->type, m->a, m->b, m->c, m->d, m->e, m->u32,
+                        (uint64_t)(uint32_t)m->code};
     h = mix(h, nums, sizeof(nums));
     h = mix(h, m->account ? m->account : "", m->account_len);
     h = mix(h, m->text ? m->text : "", m->text_len);
+    h = mix(h, m->text2 ? m->text2 : "", m->text2_len);
     h = mix(h, m->data ? m->data : (const uint8_t *)"", m->data_len);
     if (m->bytes32)
         h = mix(h, m->bytes32, 32);
@@ -79,6 +81,17 @@ static void round_trip(const repl_msg *m)
     case REPL_DIGEST_REQ: repl_build_digest_req(&b, acct, m->a); break;
     case REPL_DIGEST: repl_build_digest(&b, acct, m->a, m->b, (int)m->c, b32); break;
     case REPL_CRCS_REQ: repl_build_crcs_req(&b, acct, m->a, m->b, m->u32); break;
+    case REPL_EPOCH:
+    case REPL_SWITCHOVER:
+    case REPL_SWITCHED: repl_build_ping(&b, m->type, m->a); break;
+    case REPL_REJOIN: repl_build_rejoin(&b, acct, m->a, m->b); break;
+    case REPL_SALVAGE:
+        repl_build_salvage(&b, acct, m->a, m->b, m->c, m->d, (int64_t)m->e, m->text,
+                           m->text_len, m->text2 ? m->text2 : "", m->text2_len, m->data,
+                           m->data_len);
+        break;
+    case REPL_SALVAGE_END: repl_build_salvage_end(&b, acct, m->a, m->b, m->c); break;
+    case REPL_SALVAGE_OK: repl_build_salvage_ok(&b, acct, m->a, m->b); break;
     default: goto out; /* ERROR cleans its text; others covered above */
     }
     {

@@ -95,6 +95,30 @@ TEST(round_trip_every_builder)
         CHECK(m.text_len == 7 && memcmp(m.text, "store-b", 7) == 0);
 
         buf_reset(&b);
+        repl_build_rejoin(&b, "u@d.org", 41, 3);
+        repl_build_salvage_end(&b, "u@d.org", 41, 6, 2);
+        repl_build_salvage_ok(&b, "u@d.org", 5, 1);
+        CHECK(parse_all(&b, bytewise, REPL_MAX_PAYLOAD, &m, &keep, &err) == 3);
+        CHECK(m.type == REPL_SALVAGE_OK && m.a == 5 && m.b == 1);
+        buf_reset(&b);
+        repl_build_salvage_end(&b, "u@d.org", 41, 6, 2);
+        CHECK(parse_all(&b, bytewise, REPL_MAX_PAYLOAD, &m, &keep, &err) == 1);
+        CHECK(m.type == REPL_SALVAGE_END && m.a == 41 && m.b == 6 && m.c == 2);
+        buf_reset(&b);
+        repl_build_rejoin(&b, "u@d.org", 41, 3);
+        CHECK(parse_all(&b, bytewise, REPL_MAX_PAYLOAD, &m, &keep, &err) == 1);
+        CHECK(m.type == REPL_REJOIN && m.a == 41 && m.b == 3);
+
+        buf_reset(&b);
+        repl_build_salvage(&b, "u@d.org", 42, 10, 4, 0x5, -86400, "Work/Q1", 7,
+                           "$Project Later", 14, "hello!", 6);
+        CHECK(parse_all(&b, bytewise, REPL_MAX_PAYLOAD, &m, &keep, &err) == 1);
+        CHECK(m.type == REPL_SALVAGE && m.a == 42 && m.b == 10 && m.c == 4 && m.d == 5);
+        CHECK((int64_t)m.e == -86400 && m.data_len == 6 && memcmp(m.data, "hello!", 6) == 0);
+        CHECK(m.text_len == 7 && memcmp(m.text, "Work/Q1", 7) == 0);
+        CHECK(m.text2_len == 14);
+
+        buf_reset(&b);
         repl_build_error(&b, "u@d.org", -28, "disk full\n(no space)");
         CHECK(parse_all(&b, bytewise, REPL_MAX_PAYLOAD, &m, &keep, &err) == 1);
         CHECK(m.type == REPL_ERROR && m.code == -28 && m.text_len == 20);
@@ -142,6 +166,24 @@ TEST(damage_is_refused)
     buf_reset(&b);
     repl_build_frames(&b, "u@d.org", 9, 5, "0123456789abcdef0123456789abcdefXYZ", 35);
     CHECK(parse_all(&b, 0, REPL_MAX_PAYLOAD, &m, &keep, &err) == -EPROTO);
+
+    /* SALVAGE: keyword bits (the sender's numbering) instead of names, a
+     * chunk past the end, an empty or control-character mailbox name. */
+    buf_reset(&b);
+    repl_build_salvage(&b, "u@d.org", 42, 3, 0, 1ull << 8, 0, "INBOX", 5, "", 0, "abc", 3);
+    CHECK(parse_all(&b, 0, REPL_MAX_PAYLOAD, &m, &keep, &err) == -EPROTO);
+    buf_reset(&b);
+    repl_build_salvage(&b, "u@d.org", 42, 3, 2, 0, 0, "INBOX", 5, "", 0, "abc", 3);
+    CHECK(parse_all(&b, 0, REPL_MAX_PAYLOAD, &m, &keep, &err) == -EPROTO);
+    buf_reset(&b);
+    repl_build_salvage(&b, "u@d.org", 42, 3, 0, 0, 0, "", 0, "", 0, "abc", 3);
+    CHECK(parse_all(&b, 0, REPL_MAX_PAYLOAD, &m, &keep, &err) == -EPROTO);
+    buf_reset(&b);
+    repl_build_salvage(&b, "u@d.org", 42, 3, 0, 0, 0, "IN\nBOX", 6, "", 0, "abc", 3);
+    CHECK(parse_all(&b, 0, REPL_MAX_PAYLOAD, &m, &keep, &err) == -EPROTO);
+    buf_reset(&b);
+    repl_build_salvage(&b, "u@d.org", 0, 3, 0, 0, 0, "INBOX", 5, "", 0, "abc", 3);
+    CHECK(parse_all(&b, 0, REPL_MAX_PAYLOAD, &m, &keep, &err) == -EPROTO); /* modseq 0 */
 
     /* Trailing bytes inside a payload. */
     buf_reset(&b);
