@@ -71,13 +71,9 @@ struct imap_server {
     imap_limits lim;
     int plaintext_loopback;
     unsigned nsessions;
-    /* workers */
-    pthread_t *threads;
+    /* workers (lib/workq.h) */
+    struct workq *work;
     unsigned nthreads;
-    pthread_mutex_t qmu;
-    pthread_cond_t qcv;
-    struct imap_job *qhead, *qtail;
-    int stopping;
     /* accounts */
     pthread_mutex_t amu;
     imap_account *accounts;

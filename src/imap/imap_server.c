@@ -24,6 +24,7 @@
 
 #include "imap/imap_internal.h"
 #include "lib/log.h"
+#include "lib/workq.h"
 #include "repl/repl_sync.h"
 #include "lib/tls.h"
 
@@ -33,10 +34,6 @@ void imap_session_job_done(imap_session *s);
 
 /* ---- workers ---- */
 
-typedef struct imap_job {
-    imap_session *s;
-    struct imap_job *next;
-} imap_job;
 
 static pthread_key_t dir_key;
 
@@ -73,42 +70,10 @@ dir *imap_worker_dir(imap_server *srv, hv_err *err)
     return d;
 }
 
-void imap_server_submit(imap_server *srv, imap_session *s)
-{
-    imap_job *j = malloc(sizeof(*j));
-    j->s = s;
-    j->next = NULL;
-    pthread_mutex_lock(&srv->qmu);
-    if (srv->qtail)
-        srv->qtail->next = j;
-    else
-        srv->qhead = j;
-    srv->qtail = j;
-    pthread_cond_signal(&srv->qcv);
-    pthread_mutex_unlock(&srv->qmu);
-}
+void imap_server_submit(imap_server *srv, imap_session *s) { workq_push(srv->work, s); }
 
-static void *worker_main(void *arg)
-{
-    imap_server *srv = arg;
-    for (;;) {
-        pthread_mutex_lock(&srv->qmu);
-        while (!srv->qhead && !srv->stopping)
-            pthread_cond_wait(&srv->qcv, &srv->qmu);
-        if (!srv->qhead) {
-            pthread_mutex_unlock(&srv->qmu);
-            return NULL;
-        }
-        imap_job *j = srv->qhead;
-        srv->qhead = j->next;
-        if (!srv->qhead)
-            srv->qtail = NULL;
-        pthread_mutex_unlock(&srv->qmu);
-        imap_session *s = j->s;
-        free(j);
-        imap_session_run(s); /* ends by waking the loop (done_ev) */
-    }
-}
+/* Worker thread: runs the session's command, then wakes the loop. */
+static void run_job(void *item) { imap_session_run(item); }
 
 /* ---- accounts ---- */
 
@@ -283,8 +248,6 @@ int imap_service_run(const conf *c, int fd_plain, int fd_tls, hv_err *err)
     if (!srv->ssl)
         return -EINVAL;
     srv->base = event_base_new();
-    pthread_mutex_init(&srv->qmu, NULL);
-    pthread_cond_init(&srv->qcv, NULL);
     pthread_mutex_init(&srv->amu, NULL);
     pthread_mutex_init(&srv->fmu, NULL);
     pthread_key_create(&dir_key, dir_key_free);
@@ -308,9 +271,8 @@ int imap_service_run(const conf *c, int fd_plain, int fd_tls, hv_err *err)
     srv->nthreads = (unsigned)conf_get_int(c, "imap_workers");
     if (srv->nthreads < 1)
         srv->nthreads = 1;
-    srv->threads = calloc(srv->nthreads, sizeof(pthread_t));
-    for (unsigned i = 0; i < srv->nthreads; i++)
-        pthread_create(&srv->threads[i], NULL, worker_main, srv);
+    if (workq_start(&srv->work, srv->nthreads, run_job, err) < 0)
+        return err->code;
     struct event *sterm = evsignal_new(srv->base, SIGTERM, on_signal, srv);
     struct event *sint = evsignal_new(srv->base, SIGINT, on_signal, srv);
     event_add(sterm, NULL);
@@ -318,12 +280,7 @@ int imap_service_run(const conf *c, int fd_plain, int fd_tls, hv_err *err)
     log_info("imap: ready workers=%u plain_fd=%d tls_fd=%d", srv->nthreads, fd_plain, fd_tls);
     event_base_dispatch(srv->base);
 
-    pthread_mutex_lock(&srv->qmu);
-    srv->stopping = 1;
-    pthread_cond_broadcast(&srv->qcv);
-    pthread_mutex_unlock(&srv->qmu);
-    for (unsigned i = 0; i < srv->nthreads; i++)
-        pthread_join(srv->threads[i], NULL);
+    workq_stop(srv->work);
     if (lp)
         evconnlistener_free(lp);
     if (lt)

@@ -87,7 +87,7 @@ struct px_session {
     proxy_route route;
     px_scan scan;
     struct event *done_ev, *timer_ev;
-    px_session *next, *prev, *qnext;
+    px_session *next, *prev;
 };
 
 typedef struct px_route_reg {
@@ -111,13 +111,12 @@ struct px_server {
     ratelimit *rl;
     px_session *sessions; /* loop thread only */
     uint64_t next_id;
-    /* login jobs */
-    pthread_mutex_t qmu;
-    pthread_cond_t qcv;
-    px_session *qhead, *qtail;
-    int stopping;
-    pthread_t *threads;
+    /* login jobs (lib/workq.h); stopping (under qmu) ends the watcher and
+     * the pooler */
+    struct workq *work;
     unsigned nthreads;
+    pthread_mutex_t qmu;
+    int stopping;
     /* relaying sessions by account, for the watcher; and its verdicts */
     pthread_mutex_t rmu;
     px_route_reg *routes;

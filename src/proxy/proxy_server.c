@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "lib/log.h"
+#include "lib/workq.h"
 #include "lib/tls.h"
 #include "proxy/proxy_internal.h"
 
@@ -36,38 +37,10 @@ dir *px_worker_dir(px_server *srv, hv_err *err)
 }
 
 void px_server_submit(px_server *srv, px_session *s);
-void px_server_submit(px_server *srv, px_session *s)
-{
-    s->qnext = NULL;
-    pthread_mutex_lock(&srv->qmu);
-    if (srv->qtail)
-        srv->qtail->qnext = s;
-    else
-        srv->qhead = s;
-    srv->qtail = s;
-    pthread_cond_signal(&srv->qcv);
-    pthread_mutex_unlock(&srv->qmu);
-}
+void px_server_submit(px_server *srv, px_session *s) { workq_push(srv->work, s); }
 
-static void *worker_main(void *arg)
-{
-    px_server *srv = arg;
-    for (;;) {
-        pthread_mutex_lock(&srv->qmu);
-        while (!srv->qhead && !srv->stopping)
-            pthread_cond_wait(&srv->qcv, &srv->qmu);
-        if (!srv->qhead) {
-            pthread_mutex_unlock(&srv->qmu);
-            return NULL;
-        }
-        px_session *s = srv->qhead;
-        srv->qhead = s->qnext;
-        if (!srv->qhead)
-            srv->qtail = NULL;
-        pthread_mutex_unlock(&srv->qmu);
-        px_session_login_job(s);
-    }
-}
+/* Worker thread: a login (directory, password, store connection). */
+static void run_job(void *item) { px_session_login_job(item); }
 
 /* The watcher condemned sessions: end them here, on the loop. */
 static void kill_cb(evutil_socket_t fd, short what, void *arg)
@@ -150,7 +123,6 @@ int proxy_service_run(const conf *c, int fd_plain, int fd_tls, hv_err *err)
     srv->rl = ratelimit_new();
     srv->base = event_base_new();
     pthread_mutex_init(&srv->qmu, NULL);
-    pthread_cond_init(&srv->qcv, NULL);
     pthread_mutex_init(&srv->rmu, NULL);
     pthread_mutex_init(&srv->pmu, NULL);
     pthread_key_create(&dir_key, dir_key_free);
@@ -168,9 +140,8 @@ int proxy_service_run(const conf *c, int fd_plain, int fd_tls, hv_err *err)
     srv->nthreads = (unsigned)conf_get_int(c, "proxy_workers");
     if (srv->nthreads < 1)
         srv->nthreads = 1;
-    srv->threads = calloc(srv->nthreads, sizeof(pthread_t));
-    for (unsigned i = 0; i < srv->nthreads; i++)
-        pthread_create(&srv->threads[i], NULL, worker_main, srv);
+    if (workq_start(&srv->work, srv->nthreads, run_job, err) < 0)
+        return err->code;
     pthread_create(&srv->watcher, NULL, px_watch_main, srv);
     pthread_create(&srv->pooler, NULL, px_pool_main, srv);
     struct event *sterm = evsignal_new(srv->base, SIGTERM, on_signal, srv);
@@ -183,11 +154,9 @@ int proxy_service_run(const conf *c, int fd_plain, int fd_tls, hv_err *err)
     event_base_dispatch(srv->base);
 
     pthread_mutex_lock(&srv->qmu);
-    srv->stopping = 1;
-    pthread_cond_broadcast(&srv->qcv);
+    srv->stopping = 1; /* the watcher and the pooler look at it */
     pthread_mutex_unlock(&srv->qmu);
-    for (unsigned i = 0; i < srv->nthreads; i++)
-        pthread_join(srv->threads[i], NULL);
+    workq_stop(srv->work);
     pthread_join(srv->watcher, NULL);
     pthread_join(srv->pooler, NULL);
     px_pool_free(srv);

@@ -89,13 +89,9 @@ struct smtp_server {
     unsigned nsessions;
     ratelimit *rl;
     queue *q; /* smtp only */
-    /* workers */
-    pthread_t *threads;
+    /* workers (lib/workq.h) */
+    struct workq *work;
     unsigned nthreads;
-    pthread_mutex_t qmu;
-    pthread_cond_t qcv;
-    struct smtp_job *qhead, *qtail;
-    int stopping;
     /* lmtp accounts */
     pthread_mutex_t amu;
     lmtp_account *accounts;

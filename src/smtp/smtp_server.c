@@ -19,16 +19,13 @@
 #include <unistd.h>
 
 #include "lib/log.h"
+#include "lib/workq.h"
 #include "repl/repl_sync.h"
 #include "lib/tls.h"
 #include "smtp/smtp_internal.h"
 
 /* ---- workers ---- */
 
-typedef struct smtp_job {
-    smtp_session *s;
-    struct smtp_job *next;
-} smtp_job;
 
 static pthread_key_t dir_key;
 static pthread_once_t dir_key_once = PTHREAD_ONCE_INIT;
@@ -47,44 +44,10 @@ dir *smtp_worker_dir(smtp_server *srv, hv_err *err)
     return d;
 }
 
-void smtp_server_submit(smtp_server *srv, smtp_session *s)
-{
-    smtp_job *j = malloc(sizeof(*j));
-    if (!j)
-        abort();
-    j->s = s;
-    j->next = NULL;
-    pthread_mutex_lock(&srv->qmu);
-    if (srv->qtail)
-        srv->qtail->next = j;
-    else
-        srv->qhead = j;
-    srv->qtail = j;
-    pthread_cond_signal(&srv->qcv);
-    pthread_mutex_unlock(&srv->qmu);
-}
+void smtp_server_submit(smtp_server *srv, smtp_session *s) { workq_push(srv->work, s); }
 
-static void *worker_main(void *arg)
-{
-    smtp_server *srv = arg;
-    for (;;) {
-        pthread_mutex_lock(&srv->qmu);
-        while (!srv->qhead && !srv->stopping)
-            pthread_cond_wait(&srv->qcv, &srv->qmu);
-        if (!srv->qhead) {
-            pthread_mutex_unlock(&srv->qmu);
-            return NULL;
-        }
-        smtp_job *j = srv->qhead;
-        srv->qhead = j->next;
-        if (!srv->qhead)
-            srv->qtail = NULL;
-        pthread_mutex_unlock(&srv->qmu);
-        smtp_session *s = j->s;
-        free(j);
-        smtp_session_run(s); /* ends by waking the loop (done_ev) */
-    }
-}
+/* Worker thread: runs the session's job, then wakes the loop. */
+static void run_job(void *item) { smtp_session_run(item); }
 
 /* ---- lmtp accounts ---- */
 
@@ -254,8 +217,6 @@ static void server_init(smtp_server *srv, const conf *c, int lmtp)
     srv->store_opt.segment_size = (uint64_t)conf_get_int(c, "store_segment_size");
     srv->store_opt.checkpoint_records = (uint32_t)conf_get_int(c, "store_checkpoint_records");
     srv->store_opt.max_message_size = (uint64_t)conf_get_int(c, "store_max_message_size");
-    pthread_mutex_init(&srv->qmu, NULL);
-    pthread_cond_init(&srv->qcv, NULL);
     pthread_mutex_init(&srv->amu, NULL);
     pthread_once(&dir_key_once, dir_key_make);
 }
@@ -299,9 +260,8 @@ static int server_run(smtp_server *srv, const int *fds, const enum smtp_port *po
     srv->nthreads = (unsigned)conf_get_int(srv->conf, workers_key);
     if (srv->nthreads < 1)
         srv->nthreads = 1;
-    srv->threads = calloc(srv->nthreads, sizeof(pthread_t));
-    for (unsigned i = 0; i < srv->nthreads; i++)
-        pthread_create(&srv->threads[i], NULL, worker_main, srv);
+    if (workq_start(&srv->work, srv->nthreads, run_job, err) < 0)
+        return err->code;
     struct event *sterm = evsignal_new(srv->base, SIGTERM, on_signal, srv);
     struct event *sint = evsignal_new(srv->base, SIGINT, on_signal, srv);
     event_add(sterm, NULL);
@@ -310,13 +270,7 @@ static int server_run(smtp_server *srv, const int *fds, const enum smtp_port *po
              (unsigned long long)srv->max_message);
     event_base_dispatch(srv->base);
 
-    pthread_mutex_lock(&srv->qmu);
-    srv->stopping = 1;
-    pthread_cond_broadcast(&srv->qcv);
-    pthread_mutex_unlock(&srv->qmu);
-    for (unsigned i = 0; i < srv->nthreads; i++)
-        pthread_join(srv->threads[i], NULL);
-    free(srv->threads);
+    workq_stop(srv->work);
     for (size_t i = 0; i < 4; i++)
         if (li[i].l)
             evconnlistener_free(li[i].l);
