@@ -8,6 +8,7 @@
 #include "dir/dir.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 static const dir_backend *const backends[] = {&dir_sqlite_backend, &dir_pg_backend};
@@ -521,4 +522,23 @@ int dir_watch_fd(dir *d) { return d->be->watch_fd(d); }
 int dir_watch_drain(dir *d, uint64_t *version_out, hv_err *err)
 {
     return d->be->watch_drain(d, version_out, err);
+}
+
+/* ---- one handle per thread ---- */
+
+static pthread_key_t thread_key;
+static pthread_once_t thread_key_once = PTHREAD_ONCE_INIT;
+static void thread_handle_free(void *p) { dir_close(p); }
+static void thread_key_make(void) { pthread_key_create(&thread_key, thread_handle_free); }
+
+dir *dir_thread(const char *spec, hv_err *err)
+{
+    pthread_once(&thread_key_once, thread_key_make);
+    dir *d = pthread_getspecific(thread_key);
+    if (d)
+        return d;
+    if (dir_open(spec, &d, err) < 0)
+        return NULL;
+    pthread_setspecific(thread_key, d);
+    return d;
 }

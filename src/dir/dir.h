@@ -90,6 +90,11 @@ int dir_open(const char *spec, dir **out, hv_err *err);
  * NULL (the default, relative to the current folder). */
 int dir_open_conf(const conf *c, dir **out, hv_err *err);
 void dir_close(dir *d);
+/* The calling thread's own handle on spec (a handle is not thread-safe),
+ * opened at the first call and closed when the thread ends: what the
+ * services' worker threads use. One spec per process. NULL with err when
+ * it cannot be opened (the next call tries again). */
+dir *dir_thread(const char *spec, hv_err *err);
 
 /* --- names --- */
 

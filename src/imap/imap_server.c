@@ -35,40 +35,18 @@ void imap_session_job_done(imap_session *s);
 /* ---- workers ---- */
 
 
-static pthread_key_t dir_key;
 
-static void dir_key_free(void *p) { dir_close(p); }
 
-static pthread_key_t sync_key;
-static void sync_key_free(void *p) { repl_sync_close(p); }
 
 /* The worker's handle on the repl service's sync waits; NULL when the
  * store is not in sync mode (or the handle cannot be made: then the wait
  * is refused, never skipped). */
 int imap_worker_repl_sync(imap_server *srv, repl_sync **out, hv_err *err)
 {
-    repl_sync *rs = pthread_getspecific(sync_key);
-    if (!rs) {
-        int rc = repl_sync_open(srv->conf, &rs, err);
-        if (rc < 0)
-            return rc;
-        if (rs)
-            pthread_setspecific(sync_key, rs);
-    }
-    *out = rs;
-    return 0;
+    return repl_sync_thread(srv->conf, out, err);
 }
 
-dir *imap_worker_dir(imap_server *srv, hv_err *err)
-{
-    dir *d = pthread_getspecific(dir_key);
-    if (d)
-        return d;
-    if (dir_open(srv->dir_spec, &d, err) < 0)
-        return NULL;
-    pthread_setspecific(dir_key, d);
-    return d;
-}
+dir *imap_worker_dir(imap_server *srv, hv_err *err) { return dir_thread(srv->dir_spec, err); }
 
 void imap_server_submit(imap_server *srv, imap_session *s) { workq_push(srv->work, s); }
 
@@ -250,8 +228,6 @@ int imap_service_run(const conf *c, int fd_plain, int fd_tls, hv_err *err)
     srv->base = event_base_new();
     pthread_mutex_init(&srv->amu, NULL);
     pthread_mutex_init(&srv->fmu, NULL);
-    pthread_key_create(&dir_key, dir_key_free);
-    pthread_key_create(&sync_key, sync_key_free);
     srv->inotify_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
     if (srv->inotify_fd >= 0) {
         srv->inotify_ev = event_new(srv->base, srv->inotify_fd, EV_READ | EV_PERSIST, inotify_cb,

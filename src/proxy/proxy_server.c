@@ -22,19 +22,8 @@
 #include "lib/tls.h"
 #include "proxy/proxy_internal.h"
 
-static pthread_key_t dir_key;
-static void dir_key_free(void *p) { dir_close(p); }
 
-dir *px_worker_dir(px_server *srv, hv_err *err)
-{
-    dir *d = pthread_getspecific(dir_key);
-    if (d)
-        return d;
-    if (dir_open(srv->dir_spec, &d, err) < 0)
-        return NULL;
-    pthread_setspecific(dir_key, d);
-    return d;
-}
+dir *px_worker_dir(px_server *srv, hv_err *err) { return dir_thread(srv->dir_spec, err); }
 
 void px_server_submit(px_server *srv, px_session *s);
 void px_server_submit(px_server *srv, px_session *s) { workq_push(srv->work, s); }
@@ -125,7 +114,6 @@ int proxy_service_run(const conf *c, int fd_plain, int fd_tls, hv_err *err)
     pthread_mutex_init(&srv->qmu, NULL);
     pthread_mutex_init(&srv->rmu, NULL);
     pthread_mutex_init(&srv->pmu, NULL);
-    pthread_key_create(&dir_key, dir_key_free);
     srv->kill_ev = event_new(srv->base, -1, 0, kill_cb, srv);
     struct evconnlistener *lp = NULL, *lt = NULL;
     if (fd_plain >= 0) {

@@ -5,6 +5,7 @@
 #include "repl/repl_sync.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -145,4 +146,24 @@ void repl_sync_close(repl_sync *s)
     if (s->fd >= 0)
         close(s->fd);
     free(s);
+}
+
+static pthread_key_t thread_key;
+static pthread_once_t thread_key_once = PTHREAD_ONCE_INIT;
+static void thread_handle_free(void *p) { repl_sync_close(p); }
+static void thread_key_make(void) { pthread_key_create(&thread_key, thread_handle_free); }
+
+int repl_sync_thread(const conf *c, repl_sync **out, hv_err *err)
+{
+    pthread_once(&thread_key_once, thread_key_make);
+    repl_sync *rs = pthread_getspecific(thread_key);
+    if (!rs) {
+        int rc = repl_sync_open(c, &rs, err);
+        if (rc < 0)
+            return rc;
+        if (rs)
+            pthread_setspecific(thread_key, rs);
+    }
+    *out = rs;
+    return 0;
 }

@@ -35,5 +35,9 @@ int repl_sync_open(const conf *c, repl_sync **out, hv_err *err);
 int repl_sync_wait(repl_sync *s, const char *account, uint64_t modseq, int *degraded,
                    hv_err *err);
 void repl_sync_close(repl_sync *s);
+/* The calling thread's own handle (opened at its first call, closed when
+ * the thread ends): what the writers' worker threads use. *out is NULL
+ * when not in sync mode. */
+int repl_sync_thread(const conf *c, repl_sync **out, hv_err *err);
 
 #endif

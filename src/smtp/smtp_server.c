@@ -27,22 +27,9 @@
 /* ---- workers ---- */
 
 
-static pthread_key_t dir_key;
-static pthread_once_t dir_key_once = PTHREAD_ONCE_INIT;
 
-static void dir_key_free(void *p) { dir_close(p); }
-static void dir_key_make(void) { pthread_key_create(&dir_key, dir_key_free); }
 
-dir *smtp_worker_dir(smtp_server *srv, hv_err *err)
-{
-    dir *d = pthread_getspecific(dir_key);
-    if (d)
-        return d;
-    if (dir_open(srv->dir_spec, &d, err) < 0)
-        return NULL;
-    pthread_setspecific(dir_key, d);
-    return d;
-}
+dir *smtp_worker_dir(smtp_server *srv, hv_err *err) { return dir_thread(srv->dir_spec, err); }
 
 void smtp_server_submit(smtp_server *srv, smtp_session *s) { workq_push(srv->work, s); }
 
@@ -56,24 +43,9 @@ static void run_job(void *item) { smtp_session_run(item); }
  * its index in memory instead of replaying the log. */
 #define ACCOUNT_CACHE 256
 
-static pthread_key_t sync_key;
-static pthread_once_t sync_once = PTHREAD_ONCE_INIT;
-static void sync_key_free(void *p) { repl_sync_close(p); }
-static void sync_key_make(void) { pthread_key_create(&sync_key, sync_key_free); }
-
 int lmtp_worker_repl_sync(smtp_server *srv, repl_sync **out, hv_err *err)
 {
-    pthread_once(&sync_once, sync_key_make);
-    repl_sync *rs = pthread_getspecific(sync_key);
-    if (!rs) {
-        int rc = repl_sync_open(srv->conf, &rs, err);
-        if (rc < 0)
-            return rc;
-        if (rs)
-            pthread_setspecific(sync_key, rs);
-    }
-    *out = rs;
-    return 0;
+    return repl_sync_thread(srv->conf, out, err);
 }
 
 lmtp_account *lmtp_account_get(smtp_server *srv, const char *address, hv_err *err)
@@ -218,7 +190,6 @@ static void server_init(smtp_server *srv, const conf *c, int lmtp)
     srv->store_opt.checkpoint_records = (uint32_t)conf_get_int(c, "store_checkpoint_records");
     srv->store_opt.max_message_size = (uint64_t)conf_get_int(c, "store_max_message_size");
     pthread_mutex_init(&srv->amu, NULL);
-    pthread_once(&dir_key_once, dir_key_make);
 }
 
 /* Runs the loop over the given listeners until a signal. */
