@@ -82,7 +82,9 @@ void px_scan_feed(px_scan *sc, const char *p, size_t n)
                     lit = lit * 10 + (uint64_t)(sc->tail[j] - '0');
         }
         sc->literal = lit;
-        sc->linelen = 0;
+        /* After a literal the response goes on ("...{5}\r\nhello)\r\n"):
+         * not a boundary until that line ends too. */
+        sc->linelen = lit ? 1 : 0;
         sc->taillen = 0;
         p = nl + 1;
         n -= k + 1;
