@@ -29,6 +29,7 @@
 #include "imap/imap_internal.h"
 #include "repl/repl_sync.h"
 #include "lib/log.h"
+#include "lib/tls.h"
 
 void imap_session_accept(imap_server *srv, int fd, int tls);
 void imap_session_run(imap_session *s);
@@ -268,14 +269,7 @@ static void start_job(imap_session *s);
 
 /* Bytes not yet handed to the kernel: after STARTTLS the TLS filter has
  * the plain socket's bufferevent beneath it, with its own buffer. */
-static size_t out_pending(imap_session *s)
-{
-    size_t n = evbuffer_get_length(bufferevent_get_output(s->bev));
-    struct bufferevent *under = bufferevent_get_underlying(s->bev);
-    if (under)
-        n += evbuffer_get_length(bufferevent_get_output(under));
-    return n;
-}
+static size_t out_pending(imap_session *s) { return tls_bev_unsent(s->bev); }
 
 static void linger_cb(evutil_socket_t fd, short what, void *arg);
 

@@ -2,6 +2,8 @@
 #include "lib/tls.h"
 
 #include <errno.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <openssl/err.h>
 
 SSL_CTX *tls_server_context(const conf *c, hv_err *err)
@@ -29,4 +31,13 @@ SSL_CTX *tls_server_context(const conf *c, hv_err *err)
         return NULL;
     }
     return ctx;
+}
+
+size_t tls_bev_unsent(struct bufferevent *bev)
+{
+    size_t n = evbuffer_get_length(bufferevent_get_output(bev));
+    struct bufferevent *under = bufferevent_get_underlying(bev);
+    if (under)
+        n += evbuffer_get_length(bufferevent_get_output(under));
+    return n;
 }

@@ -19,4 +19,10 @@
  * certificate or key cannot be loaded or do not match. */
 SSL_CTX *tls_server_context(const conf *c, hv_err *err);
 
+struct bufferevent;
+/* Bytes still to be sent on a connection: its own output, plus the output
+ * of the socket under a TLS filter (which its write callback never sees
+ * drain). Sessions wait for 0 before closing after their last words. */
+size_t tls_bev_unsent(struct bufferevent *bev);
+
 #endif

@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "lib/log.h"
+#include "lib/tls.h"
 #include "proxy/proxy_internal.h"
 
 #define PX_HIGH_WATER (1u << 20)
@@ -69,14 +70,7 @@ static const char *capabilities(px_session *s)
 
 /* ---- relaying ---- */
 
-static size_t out_pending(px_session *s)
-{
-    size_t n = evbuffer_get_length(bufferevent_get_output(s->cli));
-    struct bufferevent *under = bufferevent_get_underlying(s->cli);
-    if (under)
-        n += evbuffer_get_length(bufferevent_get_output(under));
-    return n;
-}
+static size_t out_pending(px_session *s) { return tls_bev_unsent(s->cli); }
 
 /* Store -> client: every byte passes the scanner, then moves over. */
 static void pass_to_client(px_session *s)

@@ -35,6 +35,7 @@
 
 #include "dir/password.h"
 #include "lib/log.h"
+#include "lib/tls.h"
 #include "smtp/smtp_internal.h"
 
 /* Syntax and sequence errors one session may make before we hang up
@@ -129,14 +130,7 @@ smtp_rcpt *smtp_session_add_rcpt(smtp_session *s)
 
 /* ---- session lifecycle (loop thread) ---- */
 
-static size_t out_pending(smtp_session *s)
-{
-    size_t n = evbuffer_get_length(bufferevent_get_output(s->bev));
-    struct bufferevent *under = bufferevent_get_underlying(s->bev);
-    if (under)
-        n += evbuffer_get_length(bufferevent_get_output(under));
-    return n;
-}
+static size_t out_pending(smtp_session *s) { return tls_bev_unsent(s->bev); }
 
 static void linger_cb(evutil_socket_t fd, short what, void *arg);
 
