@@ -10,7 +10,9 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
 static const dir_backend *const backends[] = {&dir_sqlite_backend, &dir_pg_backend};
 
 /* Longest alias chain resolve follows before calling it a loop. */
@@ -232,6 +234,60 @@ static int store_address_check(const char *in, hv_err *err)
     return 0;
 }
 
+int dir_hostport_split(const char *address, char *host, size_t hostcap, int *port, hv_err *err)
+{
+    char q[80];
+    const char *why = NULL;
+    size_t len = address ? strnlen(address, DIR_STORE_ADDRESS_MAX + 1) : 0;
+    const char *h = address, *colon = NULL;
+    size_t hlen = 0;
+    if (len == 0 || len > DIR_STORE_ADDRESS_MAX) {
+        why = "empty or too long";
+    } else if (address[0] == '[') {
+        /* An IPv6 literal: its colons are why it is bracketed. */
+        const char *close = memchr(address, ']', len);
+        if (!close || close[1] != ':')
+            why = "an IPv6 address must be written [addr]:port";
+        else {
+            h = address + 1;
+            hlen = (size_t)(close - h);
+            colon = close + 1;
+        }
+    } else {
+        colon = memchr(address, ':', len);
+        if (!colon)
+            why = "no ':port'";
+        else if (memchr(colon + 1, ':', len - (size_t)(colon - address) - 1))
+            why = "more than one ':' (write an IPv6 address as [addr]:port)";
+        else
+            hlen = (size_t)(colon - address);
+    }
+    for (size_t i = 0; !why && i < hlen; i++)
+        if ((unsigned char)h[i] <= 0x20 || (unsigned char)h[i] >= 0x7f || h[i] == '[' ||
+            h[i] == ']' || h[i] == '/')
+            why = "the host holds a character no host name or address has";
+    if (!why && hlen == 0)
+        why = "empty host";
+    if (!why && hlen >= hostcap)
+        why = "host too long";
+    long p = 0;
+    if (!why) {
+        const char *ps = colon + 1;
+        size_t plen = len - (size_t)(ps - address);
+        if (plen == 0 || plen > 5 || strspn(ps, "0123456789") != plen)
+            why = "the port is not a number";
+        else if ((p = strtol(ps, NULL, 10)) < 1 || p > 65535)
+            why = "the port is not in 1..65535";
+    }
+    if (why)
+        return hv_err_set(err, -EINVAL, "address '%s' is not host:port: %s",
+                          quoted(address ? address : "", q, sizeof(q)), why);
+    memcpy(host, h, hlen);
+    host[hlen] = 0;
+    *port = (int)p;
+    return 0;
+}
+
 static const char *const state_names[] = {"active", "held", "moving", "restoring"};
 static const char *const role_names[] = {"primary", "replica"};
 
@@ -397,6 +453,18 @@ int dir_account_set_store(dir *d, const char *address, const char *store, uint32
     return rc < 0 ? rc : d->be->account_set_store(d, addr, st, slot, err);
 }
 
+int dir_account_move_commit(dir *d, const char *address, const char *store, uint32_t slot,
+                            enum dir_state state, hv_err *err)
+{
+    char addr[DIR_ADDRESS_MAX + 1], st[DIR_STORE_NAME_MAX + 1];
+    int rc = dir_address_normalize(address, addr, err);
+    if (rc == 0)
+        rc = dir_store_name_normalize(store, st, err);
+    if (rc == 0 && (unsigned)state > DIR_STATE_RESTORING)
+        rc = hv_err_set(err, -EINVAL, "unknown state %d", (int)state);
+    return rc < 0 ? rc : d->be->account_move_commit(d, addr, st, slot, state, err);
+}
+
 int dir_account_login_attempt(dir *d, const char *address, int64_t when, hv_err *err)
 {
     char addr[DIR_ADDRESS_MAX + 1];
@@ -512,7 +580,33 @@ int dir_store_set_address(dir *d, const char *name, const char *address, hv_err 
     int rc = dir_store_name_normalize(name, st, err);
     if (rc == 0)
         rc = store_address_check(address, err);
-    return rc < 0 ? rc : d->be->store_set_address(d, st, address, err);
+    return rc < 0 ? rc : d->be->store_set_address(d, st, DIR_SERVICE_IMAP, address, err);
+}
+
+/* The LMTP and repl addresses are dialled by Haven itself (the queue,
+ * `haven move`), so they must be host:port now rather than fail at every
+ * delivery later; "" unsets. */
+static int service_address_set(dir *d, const char *name, enum dir_store_service service,
+                               const char *address, hv_err *err)
+{
+    char st[DIR_STORE_NAME_MAX + 1], host[DIR_STORE_ADDRESS_MAX + 1];
+    int port;
+    if (!address)
+        address = "";
+    int rc = dir_store_name_normalize(name, st, err);
+    if (rc == 0 && *address)
+        rc = dir_hostport_split(address, host, sizeof(host), &port, err);
+    return rc < 0 ? rc : d->be->store_set_address(d, st, service, address, err);
+}
+
+int dir_store_set_lmtp_address(dir *d, const char *name, const char *address, hv_err *err)
+{
+    return service_address_set(d, name, DIR_SERVICE_LMTP, address, err);
+}
+
+int dir_store_set_repl_address(dir *d, const char *name, const char *address, hv_err *err)
+{
+    return service_address_set(d, name, DIR_SERVICE_REPL, address, err);
 }
 
 int dir_version(dir *d, uint64_t *out, hv_err *err) { return d->be->version(d, out, err); }

@@ -5,9 +5,10 @@
  * The directory is the one truth that SMTP recipient checks, LMTP, IMAP
  * login, the proxy and the operator command consult (docs/directory.md).
  * It holds domains, accounts (password hash, state, store, slot, quota),
- * aliases and stores (address, role, epoch), plus a version counter that
- * every change bumps, so a front end can cache answers and drop its cache
- * when the version moves.
+ * aliases and stores (the addresses of their IMAP, LMTP and replication
+ * services, role, epoch), plus a version counter that every change bumps,
+ * so a front end can cache answers and drop its cache when the version
+ * moves.
  *
  * This header is backend-neutral. A backend is chosen by the spec given to
  * dir_open ("sqlite:PATH" for one node, dir_sqlite.c; "pg:CONNINFO" for
@@ -71,7 +72,14 @@ typedef struct dir_account {
 
 typedef struct dir_store {
     char name[DIR_STORE_NAME_MAX + 1];
-    char address[DIR_STORE_ADDRESS_MAX + 1]; /* where its services listen, host:port */
+    char address[DIR_STORE_ADDRESS_MAX + 1]; /* its IMAP service, host:port (the proxy) */
+    /* Its lmtp service, host:port: where the queues of every node deliver
+     * mail for the store's accounts. "" when unset (the mail then goes to
+     * the delivering node's own lmtp service, as on a single node). */
+    char lmtp_address[DIR_STORE_ADDRESS_MAX + 1];
+    /* Its repl service, host:port: where `haven move` streams accounts
+     * to it. "" when unset. */
+    char repl_address[DIR_STORE_ADDRESS_MAX + 1];
     enum dir_store_role role;
     /* Raised on every promotion; a primary whose epoch is older than the
      * directory's refuses writes (fencing). Never goes down. */
@@ -151,6 +159,13 @@ int dir_account_set_quota(dir *d, const char *address, uint64_t quota_bytes, hv_
 /* Moves the account to another store and slot in one step (move, restore). */
 int dir_account_set_store(dir *d, const char *address, const char *store, uint32_t slot,
                           hv_err *err);
+/* The end of an account move: store, slot and state in one transaction
+ * (one version bump), so no reader ever sees the account on its new store
+ * in its old state or the other way round (the flip that releases held
+ * mail and lets logins in, DESIGN.md Flow 4). -ENOENT for an unknown
+ * account. */
+int dir_account_move_commit(dir *d, const char *address, const char *store, uint32_t slot,
+                            enum dir_state state, hv_err *err);
 /* Remembers a login attempt (the restore scheduler puts accounts whose
  * users are trying to log in first). A statistic, not a change to what is
  * served, so it does not bump the version (front ends keep their caches). */
@@ -186,6 +201,18 @@ int dir_store_set_role(dir *d, const char *name, enum dir_store_role role, hv_er
 /* Where the store's IMAP service listens (host:port): the proxy relays
  * logins of the store's accounts there. */
 int dir_store_set_address(dir *d, const char *name, const char *address, hv_err *err);
+/* Where the store's lmtp service listens: the queue delivers mail for the
+ * store's accounts there. address must be host:port ([v6addr]:port for
+ * an IPv6 literal, see dir_hostport_split); NULL or "" unsets it. */
+int dir_store_set_lmtp_address(dir *d, const char *name, const char *address, hv_err *err);
+/* Where the store's repl service listens (host:port, NULL or "" unsets):
+ * `haven move` streams accounts to it there. */
+int dir_store_set_repl_address(dir *d, const char *name, const char *address, hv_err *err);
+
+/* Splits "host:port" or "[v6addr]:port" into host (without brackets) and
+ * port 1..65535; the one parser for the addresses above. -EINVAL with the
+ * reason when address is not of that form. */
+int dir_hostport_split(const char *address, char *host, size_t hostcap, int *port, hv_err *err);
 
 /* --- change tracking --- */
 
@@ -219,6 +246,14 @@ int dir_version(dir *d, uint64_t *out, hv_err *err);
 int dir_watch_fd(dir *d);
 int dir_watch_drain(dir *d, uint64_t *version_out, hv_err *err);
 
+/* The services a store publishes an address for (the stores table's
+ * address, lmtp_address and repl_address columns). */
+enum dir_store_service {
+    DIR_SERVICE_IMAP = 0,
+    DIR_SERVICE_LMTP = 1,
+    DIR_SERVICE_REPL = 2,
+};
+
 /* --- for backends only ---
  *
  * A backend embeds struct dir as the first member of its handle and fills
@@ -246,6 +281,8 @@ typedef struct dir_backend {
     int (*account_set_quota)(dir *d, const char *address, uint64_t quota_bytes, hv_err *err);
     int (*account_set_store)(dir *d, const char *address, const char *store, uint32_t slot,
                              hv_err *err);
+    int (*account_move_commit)(dir *d, const char *address, const char *store, uint32_t slot,
+                               enum dir_state state, hv_err *err);
     int (*account_login_attempt)(dir *d, const char *address, int64_t when, hv_err *err);
     int (*alias_add)(dir *d, const char *address, const char *domain, const char *target,
                      hv_err *err);
@@ -259,7 +296,9 @@ typedef struct dir_backend {
     int (*store_list)(dir *d, dir_store_cb cb, void *ctx, hv_err *err);
     int (*store_set_epoch)(dir *d, const char *name, uint64_t epoch, hv_err *err);
     int (*store_set_role)(dir *d, const char *name, enum dir_store_role role, hv_err *err);
-    int (*store_set_address)(dir *d, const char *name, const char *address, hv_err *err);
+    /* address is "" to unset (never for DIR_SERVICE_IMAP). */
+    int (*store_set_address)(dir *d, const char *name, enum dir_store_service service,
+                             const char *address, hv_err *err);
     int (*version)(dir *d, uint64_t *out, hv_err *err);
     int (*watch_fd)(dir *d);
     int (*watch_drain)(dir *d, uint64_t *version_out, hv_err *err);

@@ -34,7 +34,9 @@
 #include <string.h>
 #include <time.h>
 
-#define SCHEMA_VERSION 1
+/* 2: stores gained lmtp_address and repl_address (a version 1 database
+ * is upgraded in place when opened: upgrade_sql). */
+#define SCHEMA_VERSION 2
 
 /* The channel every change notifies on (and watchers listen to). */
 #define CHANNEL "haven_directory"
@@ -87,7 +89,16 @@ static const char schema_sql[] =
     "  name TEXT COLLATE \"C\" PRIMARY KEY,"
     "  address TEXT COLLATE \"C\" NOT NULL,"
     "  role TEXT NOT NULL CHECK (role IN ('primary', 'replica')),"
-    "  epoch BIGINT NOT NULL DEFAULT 0);";
+    "  epoch BIGINT NOT NULL DEFAULT 0,"
+    "  lmtp_address TEXT COLLATE \"C\" NOT NULL DEFAULT '',"
+    "  repl_address TEXT COLLATE \"C\" NOT NULL DEFAULT '');";
+
+/* From any older version to this one: columns are only ever added (with
+ * defaults), and IF NOT EXISTS finishes a database that is half-way. */
+static const char upgrade_sql[] =
+    "ALTER TABLE stores"
+    "  ADD COLUMN IF NOT EXISTS lmtp_address TEXT COLLATE \"C\" NOT NULL DEFAULT '',"
+    "  ADD COLUMN IF NOT EXISTS repl_address TEXT COLLATE \"C\" NOT NULL DEFAULT '';";
 
 static pg_dir *pd_of(dir *d) { return (pg_dir *)d; }
 
@@ -356,10 +367,21 @@ static int create_schema(pg_dir *p, hv_err *err)
     } else if (rc >= 0) {
         int64_t v = 0;
         rc = query_int(p, &v, err, "SELECT max(version) FROM schema_version", "");
-        if (rc >= 0 && v != SCHEMA_VERSION)
+        if (rc >= 0 && (v > SCHEMA_VERSION || v < 1)) {
             rc = hv_err_set(err, -EPROTO,
-                            "directory pg:%s: schema version %lld, this haven knows version %d",
-                            p->desc, (long long)v, SCHEMA_VERSION);
+                            "directory pg:%s: schema version %lld, this haven knows versions 1 "
+                            "to %d", p->desc, (long long)v, SCHEMA_VERSION);
+        } else if (rc >= 0 && v < SCHEMA_VERSION) {
+            /* Under the advisory lock, in this transaction: nodes opening
+             * an old database together upgrade it once, and entirely. */
+            r = PQexec(p->conn, upgrade_sql);
+            if (PQresultStatus(r) != PGRES_COMMAND_OK)
+                rc = db_fail(p, r, "upgrading the schema", err);
+            PQclear(r);
+            if (rc >= 0)
+                rc = exec(p, err, "UPDATE schema_version SET version = $1", "i",
+                          (int64_t)SCHEMA_VERSION);
+        }
     }
     if (rc >= 0) {
         rc = run(p, &r, err, "commit", "COMMIT", "");
@@ -664,6 +686,15 @@ static int pg_account_set_store(dir *d, const char *address, const char *store, 
                           store, (int64_t)slot, address);
 }
 
+static int pg_account_move_commit(dir *d, const char *address, const char *store,
+                                  uint32_t slot, enum dir_state state, hv_err *err)
+{
+    return account_update(d, address, err,
+                          "UPDATE accounts SET store = $1, slot = $2, state = $3 "
+                          "WHERE address = $4",
+                          "siss", store, (int64_t)slot, dir_state_name(state), address);
+}
+
 static int pg_account_login_attempt(dir *d, const char *address, int64_t when, hv_err *err)
 {
     /* One autocommitted statement, no version bump and no NOTIFY: see
@@ -743,12 +774,25 @@ static int pg_alias_list(dir *d, dir_alias_cb cb, void *ctx, hv_err *err)
 
 /* --- stores --- */
 
+#define STORE_COLUMNS "name, address, role, epoch, lmtp_address, repl_address"
+
+/* The column of each service's address; a fixed name, never input. */
+static const char *const service_set_sql[] = {
+    [DIR_SERVICE_IMAP] = "UPDATE stores SET address = $1 WHERE name = $2",
+    [DIR_SERVICE_LMTP] = "UPDATE stores SET lmtp_address = $1 WHERE name = $2",
+    [DIR_SERVICE_REPL] = "UPDATE stores SET repl_address = $1 WHERE name = $2",
+};
+
 static int store_row(pg_dir *p, const PGresult *r, int row, dir_store *out, hv_err *err)
 {
     memset(out, 0, sizeof(*out));
     int rc = column_copy(p, r, row, 0, out->name, sizeof(out->name), err);
     if (rc == 0)
         rc = column_copy(p, r, row, 1, out->address, sizeof(out->address), err);
+    if (rc == 0)
+        rc = column_copy(p, r, row, 4, out->lmtp_address, sizeof(out->lmtp_address), err);
+    if (rc == 0)
+        rc = column_copy(p, r, row, 5, out->repl_address, sizeof(out->repl_address), err);
     if (rc < 0)
         return rc;
     if (dir_store_role_parse(PQgetvalue(r, row, 2), &out->role, NULL) < 0)
@@ -779,7 +823,7 @@ static int pg_store_get(dir *d, const char *name, dir_store *out, hv_err *err)
     pg_dir *p = pd_of(d);
     PGresult *r;
     int rc = run(p, &r, err, "read",
-                 "SELECT name, address, role, epoch FROM stores WHERE name = $1", "s", name);
+                 "SELECT " STORE_COLUMNS " FROM stores WHERE name = $1", "s", name);
     if (rc < 0)
         return rc;
     if (PQntuples(r) > 0)
@@ -794,7 +838,7 @@ static int pg_store_list(dir *d, dir_store_cb cb, void *ctx, hv_err *err)
 {
     pg_dir *p = pd_of(d);
     PGresult *r;
-    int rc = run(p, &r, err, "read", "SELECT name, address, role, epoch FROM stores ORDER BY name",
+    int rc = run(p, &r, err, "read", "SELECT " STORE_COLUMNS " FROM stores ORDER BY name",
                  "");
     if (rc < 0)
         return rc;
@@ -842,13 +886,16 @@ static int pg_store_set_role(dir *d, const char *name, enum dir_store_role role,
     return tx_finish(p, rc, err);
 }
 
-static int pg_store_set_address(dir *d, const char *name, const char *address, hv_err *err)
+static int pg_store_set_address(dir *d, const char *name, enum dir_store_service service,
+                                const char *address, hv_err *err)
 {
     pg_dir *p = pd_of(d);
+    if ((unsigned)service > DIR_SERVICE_REPL)
+        return hv_err_set(err, -EINVAL, "unknown store service %d", (int)service);
     int rc = tx_begin(p, err);
     if (rc < 0)
         return rc;
-    rc = exec(p, err, "UPDATE stores SET address = $1 WHERE name = $2", "ss", address, name);
+    rc = exec(p, err, service_set_sql[service], "ss", address, name);
     if (rc == 0)
         rc = hv_err_set(err, -ENOENT, "no store %s", name);
     return tx_finish(p, rc, err);
@@ -945,6 +992,7 @@ const dir_backend dir_pg_backend = {
     .account_set_state = pg_account_set_state,
     .account_set_quota = pg_account_set_quota,
     .account_set_store = pg_account_set_store,
+    .account_move_commit = pg_account_move_commit,
     .account_login_attempt = pg_account_login_attempt,
     .alias_add = pg_alias_add,
     .alias_del = pg_alias_del,

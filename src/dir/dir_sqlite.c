@@ -23,7 +23,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#define SCHEMA_VERSION 1
+/* 2: stores gained lmtp_address and repl_address (a version 1 file is
+ * upgraded in place when opened: upgrade_schema). */
+#define SCHEMA_VERSION 2
 
 /* How long a writer waits for another process's transaction to end. */
 #define BUSY_TIMEOUT_MS 10000
@@ -66,7 +68,17 @@ static const char schema_sql[] =
     "  name TEXT PRIMARY KEY,"
     "  address TEXT NOT NULL,"
     "  role TEXT NOT NULL CHECK (role IN ('primary', 'replica')),"
-    "  epoch BIGINT NOT NULL DEFAULT 0);";
+    "  epoch BIGINT NOT NULL DEFAULT 0,"
+    "  lmtp_address TEXT NOT NULL DEFAULT '',"
+    "  repl_address TEXT NOT NULL DEFAULT '');";
+
+/* Columns added since version 1, each with what ALTER TABLE adds. */
+static const struct {
+    const char *table, *column, *add_sql;
+} added_columns[] = {
+    {"stores", "lmtp_address", "ALTER TABLE stores ADD COLUMN lmtp_address TEXT NOT NULL DEFAULT ''"},
+    {"stores", "repl_address", "ALTER TABLE stores ADD COLUMN repl_address TEXT NOT NULL DEFAULT ''"},
+};
 
 static sqlite_dir *sd_of(dir *d) { return (sqlite_dir *)d; }
 
@@ -221,6 +233,32 @@ static int tx_finish(sqlite_dir *s, int rc, hv_err *err)
     return tx_end(s, rc, err);
 }
 
+/* Brings a directory written by an older Haven to this version, inside
+ * create_schema's transaction: columns are only ever added (with
+ * defaults), so nothing in it is lost or changed, and a file that is
+ * half-way (a column already there) is finished, not refused. */
+static int upgrade_schema(sqlite_dir *s, int64_t from, hv_err *err)
+{
+    int rc = 0;
+    for (size_t i = 0; rc >= 0 && i < sizeof(added_columns) / sizeof(added_columns[0]); i++) {
+        int64_t have = 0;
+        rc = query_int(s, &have, err, "SELECT count(*) FROM pragma_table_info(?) WHERE name = ?",
+                       "ss", added_columns[i].table, added_columns[i].column);
+        if (rc >= 0 && have == 0) {
+            char *msg = NULL;
+            int r = sqlite3_exec(s->db, added_columns[i].add_sql, NULL, NULL, &msg);
+            if (r != SQLITE_OK)
+                rc = hv_err_set(err, -EIO, "directory %s: upgrading the schema from version "
+                                "%lld: %s", s->path, (long long)from,
+                                msg ? msg : sqlite3_errstr(r));
+            sqlite3_free(msg);
+        }
+    }
+    if (rc >= 0)
+        rc = exec(s, err, "UPDATE schema_version SET version = ?", "i", (int64_t)SCHEMA_VERSION);
+    return rc < 0 ? rc : 0;
+}
+
 static int create_schema(sqlite_dir *s, hv_err *err)
 {
     int rc = tx_begin(s, err);
@@ -243,10 +281,12 @@ static int create_schema(sqlite_dir *s, hv_err *err)
     } else if (rc >= 0) {
         int64_t v = 0;
         rc = query_int(s, &v, err, "SELECT max(version) FROM schema_version", "");
-        if (rc >= 0 && v != SCHEMA_VERSION)
+        if (rc >= 0 && (v > SCHEMA_VERSION || v < 1))
             rc = hv_err_set(err, -EPROTO,
-                            "directory %s: schema version %lld, this haven knows version %d",
-                            s->path, (long long)v, SCHEMA_VERSION);
+                            "directory %s: schema version %lld, this haven knows versions 1 "
+                            "to %d", s->path, (long long)v, SCHEMA_VERSION);
+        else if (rc >= 0 && v < SCHEMA_VERSION)
+            rc = upgrade_schema(s, v, err);
     }
     return tx_end(s, rc, err);
 }
@@ -263,11 +303,16 @@ static void sqlite_close(dir *d)
 static int sqlite_open(const char *where, dir **out, hv_err *err)
 {
     /* Create the file ourselves first: sqlite3_open would use 0644, and
-     * its -wal and -shm files copy the database file's mode. */
-    int fd = open(where, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd < 0)
+     * its -wal and -shm files copy the database file's mode. Only when it
+     * is new: closing any descriptor of a file drops every POSIX lock this
+     * process holds on it, including those of connections already open
+     * here, and another process would then think itself the last user and
+     * remove the -wal and -shm files under them. */
+    int fd = open(where, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0 && errno != EEXIST)
         return hv_err_sys(err, "directory %s", where);
-    close(fd);
+    if (fd >= 0)
+        close(fd);
 
     sqlite_dir *s = calloc(1, sizeof(*s));
     if (!s)
@@ -574,6 +619,14 @@ static int sqlite_account_set_store(dir *d, const char *address, const char *sto
                           store, (int64_t)slot, address);
 }
 
+static int sqlite_account_move_commit(dir *d, const char *address, const char *store,
+                                      uint32_t slot, enum dir_state state, hv_err *err)
+{
+    return account_update(d, address, err,
+                          "UPDATE accounts SET store = ?, slot = ?, state = ? WHERE address = ?",
+                          "siss", store, (int64_t)slot, dir_state_name(state), address);
+}
+
 static int sqlite_account_login_attempt(dir *d, const char *address, int64_t when,
                                         hv_err *err)
 {
@@ -663,12 +716,25 @@ static int sqlite_alias_list(dir *d, dir_alias_cb cb, void *ctx, hv_err *err)
 
 /* --- stores --- */
 
+#define STORE_COLUMNS "name, address, role, epoch, lmtp_address, repl_address"
+
+/* The column of each service's address; a fixed name, never input. */
+static const char *const service_set_sql[] = {
+    [DIR_SERVICE_IMAP] = "UPDATE stores SET address = ? WHERE name = ?",
+    [DIR_SERVICE_LMTP] = "UPDATE stores SET lmtp_address = ? WHERE name = ?",
+    [DIR_SERVICE_REPL] = "UPDATE stores SET repl_address = ? WHERE name = ?",
+};
+
 static int store_row(sqlite_dir *s, sqlite3_stmt *st, dir_store *out, hv_err *err)
 {
     memset(out, 0, sizeof(*out));
     int rc = column_copy(s, st, 0, out->name, sizeof(out->name), err);
     if (rc == 0)
         rc = column_copy(s, st, 1, out->address, sizeof(out->address), err);
+    if (rc == 0)
+        rc = column_copy(s, st, 4, out->lmtp_address, sizeof(out->lmtp_address), err);
+    if (rc == 0)
+        rc = column_copy(s, st, 5, out->repl_address, sizeof(out->repl_address), err);
     if (rc < 0)
         return rc;
     if (dir_store_role_parse((const char *)sqlite3_column_text(st, 2), &out->role, NULL) < 0)
@@ -698,7 +764,7 @@ static int sqlite_store_get(dir *d, const char *name, dir_store *out, hv_err *er
 {
     sqlite_dir *s = sd_of(d);
     sqlite3_stmt *st;
-    int rc = query(s, &st, err, "SELECT name, address, role, epoch FROM stores WHERE name = ?",
+    int rc = query(s, &st, err, "SELECT " STORE_COLUMNS " FROM stores WHERE name = ?",
                    "s", name);
     if (rc < 0)
         return rc;
@@ -717,7 +783,7 @@ static int sqlite_store_list(dir *d, dir_store_cb cb, void *ctx, hv_err *err)
 {
     sqlite_dir *s = sd_of(d);
     sqlite3_stmt *st;
-    int rc = query(s, &st, err, "SELECT name, address, role, epoch FROM stores ORDER BY name",
+    int rc = query(s, &st, err, "SELECT " STORE_COLUMNS " FROM stores ORDER BY name",
                    "");
     if (rc < 0)
         return rc;
@@ -769,14 +835,16 @@ static int sqlite_store_set_role(dir *d, const char *name, enum dir_store_role r
     return tx_finish(s, rc, err);
 }
 
-static int sqlite_store_set_address(dir *d, const char *name, const char *address,
-                                    hv_err *err)
+static int sqlite_store_set_address(dir *d, const char *name, enum dir_store_service service,
+                                    const char *address, hv_err *err)
 {
     sqlite_dir *s = sd_of(d);
+    if ((unsigned)service > DIR_SERVICE_REPL)
+        return hv_err_set(err, -EINVAL, "unknown store service %d", (int)service);
     int rc = tx_begin(s, err);
     if (rc < 0)
         return rc;
-    rc = exec(s, err, "UPDATE stores SET address = ? WHERE name = ?", "ss", address, name);
+    rc = exec(s, err, service_set_sql[service], "ss", address, name);
     if (rc == 0)
         rc = hv_err_set(err, -ENOENT, "no store %s", name);
     return tx_finish(s, rc, err);
@@ -834,6 +902,7 @@ const dir_backend dir_sqlite_backend = {
     .account_set_state = sqlite_account_set_state,
     .account_set_quota = sqlite_account_set_quota,
     .account_set_store = sqlite_account_set_store,
+    .account_move_commit = sqlite_account_move_commit,
     .account_login_attempt = sqlite_account_login_attempt,
     .alias_add = sqlite_alias_add,
     .alias_del = sqlite_alias_del,

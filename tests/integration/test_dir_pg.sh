@@ -2,8 +2,8 @@
 # test_dir_pg.sh - the directory on a real PostgreSQL: starts a throwaway
 # server (initdb + pg_ctl from Debian's postgresql package) in a temporary
 # folder on a free loopback port, runs the whole directory unit suite
-# against it (HAVEN_TEST_PG), then `haven user/domain` against an instance
-# whose `directory = pg:...`, and stops the server on the way out.
+# against it (HAVEN_TEST_PG), then `haven user/domain/store` against an
+# instance whose `directory = pg:...`, and stops the server on the way out.
 #
 # PostgreSQL refuses to run as root, so as root the server runs as the
 # postgres user (made by the package) in a folder that user owns.
@@ -105,5 +105,28 @@ rows=$("$pgbin/psql" -h 127.0.0.1 -p "$port" -U haven -d haven_cli -Atc \
        "SELECT address || ' ' || state FROM accounts ORDER BY address")
 [ "$rows" = "alice@example.org active
 bob@example.org held" ] || fail "accounts table holds: $rows"
+
+echo "== haven store with directory = pg:..."
+h store add s1 10.0.0.1:143 >/dev/null || fail "store add NAME ADDRESS"
+h store add s2 --address 10.0.0.2:143 --lmtp 10.0.0.2:24 --repl '[::1]:7000' --replica \
+    >/dev/null || fail "store add --address --lmtp --repl --replica"
+err=$(h store add s3 10.0.0.3:143 --lmtp 10.0.0.3 2>&1) && fail "store add with a bad --lmtp succeeded"
+case $err in "haven: "*"host:port"*) ;; *) fail "bad --lmtp: unexpected reason '$err'" ;; esac
+h store show s3 >/dev/null 2>&1 && fail "a refused store add left store s3 behind"
+h store address s1 --lmtp=10.0.0.1:2424 >/dev/null || fail "store address NAME --lmtp"
+h store address s2 10.0.0.9:143 --repl '' >/dev/null || fail "store address NAME ADDRESS --repl ''"
+rc=0
+h store address s2 >/dev/null 2>&1 || rc=$?
+[ "$rc" = 2 ] || fail "store address without any address exited $rc, want 2"
+list=$(h store list) || fail "store list"
+[ "$list" = "s1	10.0.0.1:143	primary	0	10.0.0.1:2424	-
+s2	10.0.0.9:143	replica	0	10.0.0.2:24	-" ] || fail "store list printed: $list"
+show=$(h store show s1) || fail "store show"
+case $show in *"lmtp_address: 10.0.0.1:2424"*"repl_address: -"*) ;; *) fail "store show printed: $show" ;; esac
+rows=$("$pgbin/psql" -h 127.0.0.1 -p "$port" -U haven -d haven_cli -Atc \
+       "SELECT name || ' ' || address || ' ' || lmtp_address || ' [' || repl_address || ']' \
+        FROM stores ORDER BY name")
+[ "$rows" = "s1 10.0.0.1:143 10.0.0.1:2424 []
+s2 10.0.0.9:143 10.0.0.2:24 []" ] || fail "stores table holds: $rows"
 
 echo "PASS"

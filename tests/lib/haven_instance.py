@@ -94,6 +94,29 @@ class Instance:
         with open(self.conf, "w") as f:
             f.write("\n".join(lines) + "\n")
 
+    def directory_file(self):
+        """The SQLite file of this node's directory (as `haven init` made it)."""
+        return os.path.join(self.dir, "node", "directory.sqlite")
+
+    def share_directory(self, other):
+        """Points this node at other's SQLite directory: two nodes, one
+        directory (give them different `store_name`s). Call before adding
+        accounts here, so they go into the shared one."""
+        self.set_conf("directory", "sqlite:" + other.directory_file())
+
+    def serve_store(self, store, directory, repl_port, secret="0123456789abcdef0123456789abcdef\n"):
+        """Makes this node serve store `store` of a shared directory, with the
+        repl service on repl_port and the repl secret every node of the test
+        shares (replication and `haven move` need both)."""
+        path = os.path.join(self.dir, "node", "repl.secret")
+        with open(path, "w") as f:
+            f.write(secret)
+        os.chmod(path, 0o600)
+        self.set_conf("repl_secret_file", "repl.secret")
+        self.set_conf("repl_port", str(repl_port))
+        self.set_conf("store_name", store)
+        self.set_conf("directory", directory)
+
     def run(self, *args, input=None, check=True):
         p = subprocess.run(list(args), input=input, capture_output=True, text=True)
         if check and p.returncode != 0:

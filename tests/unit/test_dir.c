@@ -67,6 +67,37 @@ static int raw_sql(const char *sql)
     return rc == SQLITE_OK ? 0 : -1;
 }
 
+/* One integer from the test database, behind the backend's back; -1 on
+ * any failure. */
+static long long raw_int(const char *sql)
+{
+    long long v = -1;
+    if (pg_conninfo) {
+        PGconn *c = PQconnectdb(pg_conninfo);
+        if (PQstatus(c) == CONNECTION_OK) {
+            PGresult *r = PQexec(c, sql);
+            if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1)
+                v = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+            PQclear(r);
+        }
+        PQfinish(c);
+        return v;
+    }
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/directory.sqlite", cur_dir);
+    sqlite3 *db;
+    if (sqlite3_open(path, &db) == SQLITE_OK) {
+        sqlite3_stmt *st;
+        if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK) {
+            if (sqlite3_step(st) == SQLITE_ROW)
+                v = sqlite3_column_int64(st, 0);
+            sqlite3_finalize(st);
+        }
+    }
+    sqlite3_close(db);
+    return v;
+}
+
 /* The spec of an empty directory of the backend under test. */
 static const char *fresh_spec(void)
 {
@@ -256,6 +287,29 @@ TEST(test_domain_and_store_names)
     CHECK(dir_store_name_normalize("", st, &err) == -EINVAL);
 }
 
+TEST(test_hostport_split)
+{
+    char host[DIR_STORE_ADDRESS_MAX + 1];
+    int port = 0;
+    hv_err err;
+    CHECK(dir_hostport_split("127.0.0.1:24", host, sizeof(host), &port, &err) == 0);
+    CHECK(strcmp(host, "127.0.0.1") == 0 && port == 24);
+    CHECK(dir_hostport_split("mx.example:65535", host, sizeof(host), &port, &err) == 0);
+    CHECK(strcmp(host, "mx.example") == 0 && port == 65535);
+    CHECK(dir_hostport_split("[::1]:2424", host, sizeof(host), &port, &err) == 0);
+    CHECK(strcmp(host, "::1") == 0 && port == 2424);
+    const char *bad[] = {NULL, "", "host", "host:", ":1", "host:0", "host:65536", "host:-1",
+                         "host:+1", "host:1 ", "host:123456", "::1:24", "[::1]", "[::1]x24",
+                         "[]:24", "h st:1", "a[b:1", "a/b:1"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        CHECKM(dir_hostport_split(bad[i], host, sizeof(host), &port, &err) == -EINVAL, "%s",
+               bad[i] ? bad[i] : "(null)");
+        CHECK(strstr(err.msg, "host:port") != NULL && strchr(err.msg, '\n') == NULL);
+    }
+    char small[4];
+    CHECK(dir_hostport_split("longhost:1", small, sizeof(small), &port, &err) == -EINVAL);
+}
+
 TEST(test_state_names)
 {
     enum dir_state s;
@@ -334,6 +388,128 @@ TEST(test_open_refuses_newer_schema)
     CHECK(dir_open(spec, &d, &err) == -EPROTO);
     CHECK(d == NULL);
     CHECK(strstr(err.msg, "99") != NULL);
+}
+
+/* The schema Haven wrote before stores had LMTP and repl addresses
+ * (version 1), word for word; %s is the collation clause PostgreSQL's
+ * backend put on text columns. */
+static const char v1_schema_fmt[] =
+    "CREATE TABLE schema_version (version INTEGER NOT NULL);"
+    "CREATE TABLE version (id INTEGER PRIMARY KEY CHECK (id = 1), counter BIGINT NOT NULL);"
+    "INSERT INTO version (id, counter) VALUES (1, 0);"
+    "CREATE TABLE domains ("
+    "  name TEXT%1$s PRIMARY KEY,"
+    "  created BIGINT NOT NULL);"
+    "CREATE TABLE accounts ("
+    "  address TEXT%1$s PRIMARY KEY,"
+    "  domain TEXT%1$s NOT NULL REFERENCES domains (name),"
+    "  password_hash TEXT%1$s,"
+    "  state TEXT NOT NULL DEFAULT 'active'"
+    "    CHECK (state IN ('active', 'held', 'moving', 'restoring')),"
+    "  store TEXT%1$s NOT NULL,"
+    "  slot BIGINT NOT NULL DEFAULT 0,"
+    "  quota_bytes BIGINT NOT NULL DEFAULT 0,"
+    "  last_login_attempt BIGINT NOT NULL DEFAULT 0,"
+    "  created BIGINT NOT NULL);"
+    "CREATE INDEX accounts_domain ON accounts (domain, address);"
+    "CREATE INDEX accounts_store ON accounts (store);"
+    "CREATE TABLE aliases ("
+    "  address TEXT%1$s PRIMARY KEY,"
+    "  domain TEXT%1$s NOT NULL REFERENCES domains (name),"
+    "  target TEXT%1$s NOT NULL,"
+    "  created BIGINT NOT NULL);"
+    "CREATE INDEX aliases_domain ON aliases (domain);"
+    "CREATE TABLE stores ("
+    "  name TEXT%1$s PRIMARY KEY,"
+    "  address TEXT%1$s NOT NULL,"
+    "  role TEXT NOT NULL CHECK (role IN ('primary', 'replica')),"
+    "  epoch BIGINT NOT NULL DEFAULT 0);"
+    "INSERT INTO schema_version (version) VALUES (1);"
+    /* What an old node had written into it. */
+    "INSERT INTO domains (name, created) VALUES ('x.org', 1700000000);"
+    "INSERT INTO accounts (address, domain, password_hash, state, store, slot, quota_bytes, "
+    "  last_login_attempt, created) VALUES "
+    "  ('a@x.org', 'x.org', '$y$old', 'held', 'east', 3, 4096, 1700000100, 1700000000);"
+    "INSERT INTO aliases (address, domain, target, created) VALUES "
+    "  ('al@x.org', 'x.org', 'a@x.org', 1700000000);"
+    "INSERT INTO stores (name, address, role, epoch) VALUES ('east', '10.0.0.1:143', "
+    "  'primary', 4);"
+    "UPDATE version SET counter = 17 WHERE id = 1;";
+
+/* A directory written by the version 1 code is upgraded in place when
+ * opened: every row kept as it was, the new columns unset, the version
+ * counter untouched; it then works like a new one, and opens again. */
+TEST(test_open_upgrades_v1_schema)
+{
+    const char *spec = fresh_spec();
+    CHECK(spec);
+    char sql[8192];
+    snprintf(sql, sizeof(sql), v1_schema_fmt, pg_conninfo ? " COLLATE \"C\"" : "");
+    CHECK(raw_sql(sql) == 0);
+    dir *d = NULL;
+    hv_err err;
+    CHECKM(dir_open(spec, &d, &err) == 0, "%s", err.msg);
+    uint64_t v = version_of(d);
+    dir_account a;
+    int acct = dir_account_get(d, "a@x.org", &a, &err) == 0 &&
+               strcmp(a.password_hash, "$y$old") == 0 && a.state == DIR_STATE_HELD &&
+               strcmp(a.store, "east") == 0 && a.slot == 3 && a.quota_bytes == 4096 &&
+               a.last_login_attempt == 1700000100 && a.created == 1700000000;
+    char out[DIR_ADDRESS_MAX + 1];
+    int alias = dir_alias_resolve(d, "al@x.org", out, &err) == 0 && strcmp(out, "a@x.org") == 0;
+    dir_store s;
+    int store = dir_store_get(d, "east", &s, &err) == 0 && strcmp(s.address, "10.0.0.1:143") == 0 &&
+                s.role == DIR_ROLE_PRIMARY && s.epoch == 4 && s.lmtp_address[0] == 0 &&
+                s.repl_address[0] == 0;
+    int set = dir_store_set_lmtp_address(d, "east", "10.0.0.1:24", &err) == 0 &&
+              dir_store_set_repl_address(d, "east", "10.0.0.1:7000", &err) == 0 &&
+              dir_store_add(d, "west", "10.0.0.2:143", DIR_ROLE_REPLICA, &err) == 0;
+    int v_after = version_of(d) == 20;
+    dir_close(d);
+    /* Opened again (now version 2), nothing changes. */
+    d = NULL;
+    int reopen = dir_open(spec, &d, &err) == 0;
+    int kept = reopen && dir_store_get(d, "east", &s, &err) == 0 &&
+               strcmp(s.lmtp_address, "10.0.0.1:24") == 0 &&
+               strcmp(s.repl_address, "10.0.0.1:7000") == 0 && s.epoch == 4 &&
+               dir_account_get(d, "a@x.org", &a, &err) == 0 && strcmp(a.store, "east") == 0;
+    int v_reopen = reopen && version_of(d) == 20;
+    if (reopen)
+        dir_close(d);
+    /* The database now says version 2, so an older Haven refuses it
+     * rather than work on without knowing what the new columns mean. */
+    long long sv = raw_int("SELECT max(version) FROM schema_version");
+    CHECK(v == 17);
+    CHECKM(acct, "%s", err.msg);
+    CHECKM(alias, "%s", err.msg);
+    CHECKM(store, "%s", err.msg);
+    CHECKM(set, "%s", err.msg);
+    CHECK(v_after);
+    CHECKM(reopen, "%s", err.msg);
+    CHECKM(kept, "%s", err.msg);
+    CHECK(v_reopen);
+    CHECKM(sv == 2, "schema_version %lld", sv);
+}
+
+/* A version 1 file with one of the new columns already there (an upgrade
+ * that got half-way by other means) is finished, not refused. */
+TEST(test_open_upgrade_half_done)
+{
+    const char *spec = fresh_spec();
+    CHECK(spec);
+    char sql[8192];
+    snprintf(sql, sizeof(sql), v1_schema_fmt, pg_conninfo ? " COLLATE \"C\"" : "");
+    CHECK(raw_sql(sql) == 0);
+    CHECK(raw_sql("ALTER TABLE stores ADD COLUMN lmtp_address TEXT NOT NULL DEFAULT ''") == 0);
+    CHECK(raw_sql("UPDATE stores SET lmtp_address = '10.0.0.1:2424'") == 0);
+    dir *d = NULL;
+    hv_err err;
+    CHECKM(dir_open(spec, &d, &err) == 0, "%s", err.msg);
+    dir_store s;
+    int got = dir_store_get(d, "east", &s, &err) == 0 &&
+              strcmp(s.lmtp_address, "10.0.0.1:2424") == 0 && s.repl_address[0] == 0;
+    dir_close(d);
+    CHECKM(got, "%s", err.msg);
 }
 
 TEST(test_open_conf_relative_path)
@@ -509,6 +685,52 @@ TEST(test_account_changes)
     dir_close(d);
 }
 
+/* The end of a move: store, slot and state change together, in one
+ * transaction that another handle sees whole. */
+TEST(test_account_move_commit)
+{
+    const char *spec = fresh_spec();
+    CHECK(spec);
+    dir *d = NULL, *d2 = NULL;
+    hv_err err;
+    CHECKM(dir_open(spec, &d, &err) == 0, "%s", err.msg);
+    if (dir_open(spec, &d2, &err) < 0) {
+        dir_close(d);
+        CHECKM(0, "%s", err.msg);
+    }
+    int add = dir_account_add(d, "m@x.org", NULL, "s1", 0, &err) == 0 &&
+              dir_account_set_state(d, "m@x.org", DIR_STATE_MOVING, &err) == 0;
+    uint64_t v = version_of(d);
+    int moved = dir_account_move_commit(d, "M@X.org", "S2", 7, DIR_STATE_ACTIVE, &err) == 0;
+    dir_account a;
+    int seen = dir_account_get(d2, "m@x.org", &a, &err) == 0 && strcmp(a.store, "s2") == 0 &&
+               a.slot == 7 && a.state == DIR_STATE_ACTIVE;
+    int one_bump = version_of(d2) == v + 1;
+    /* Into another state too (a move that leaves the account held). */
+    int held = dir_account_move_commit(d, "m@x.org", "s1", 0, DIR_STATE_HELD, &err) == 0 &&
+               dir_account_get(d2, "m@x.org", &a, &err) == 0 && strcmp(a.store, "s1") == 0 &&
+               a.slot == 0 && a.state == DIR_STATE_HELD;
+    int unknown = dir_account_move_commit(d, "nobody@x.org", "s2", 1, DIR_STATE_ACTIVE, &err) ==
+                      -ENOENT &&
+                  strstr(err.msg, "nobody@x.org") != NULL;
+    int bad = dir_account_move_commit(d, "m@x.org", "s 2", 1, DIR_STATE_ACTIVE, &err) == -EINVAL &&
+              dir_account_move_commit(d, "m@x.org", "s2", 1, (enum dir_state)9, &err) == -EINVAL &&
+              dir_account_move_commit(d, "../m@x.org", "s2", 1, DIR_STATE_ACTIVE, &err) ==
+                  -EINVAL;
+    int unchanged = dir_account_get(d, "m@x.org", &a, &err) == 0 &&
+                    strcmp(a.store, "s1") == 0 && a.state == DIR_STATE_HELD;
+    dir_close(d);
+    dir_close(d2);
+    CHECKM(add, "%s", err.msg);
+    CHECKM(moved, "%s", err.msg);
+    CHECK(seen);
+    CHECK(one_bump);
+    CHECK(held);
+    CHECK(unknown);
+    CHECK(bad);
+    CHECK(unchanged);
+}
+
 typedef struct list_ctx {
     buf b;
     int stop_after;
@@ -589,6 +811,10 @@ TEST(test_version_bumps_on_each_change)
     BUMPS(dir_store_set_epoch(d, "s2", 1, &err));
     BUMPS(dir_store_set_role(d, "s2", DIR_ROLE_REPLICA, &err));
     BUMPS(dir_store_set_address(d, "s2", "10.0.0.3:143", &err));
+    BUMPS(dir_store_set_lmtp_address(d, "s2", "10.0.0.3:24", &err));
+    BUMPS(dir_store_set_repl_address(d, "s2", "10.0.0.3:7000", &err));
+    BUMPS(dir_store_set_lmtp_address(d, "s2", "", &err));
+    BUMPS(dir_account_move_commit(d, "a@x.org", "local", 2, DIR_STATE_ACTIVE, &err));
     BUMPS(dir_account_del(d, "b@new.org", &err));
     BUMPS(dir_domain_del(d, "new.org", &err));
     /* Failed changes and reads leave it alone; so do login attempts. */
@@ -598,6 +824,11 @@ TEST(test_version_bumps_on_each_change)
     KEEPS(dir_account_set_state(d, "zz@x.org", DIR_STATE_HELD, &err));
     KEEPS(dir_domain_del(d, "x.org", &err));
     KEEPS(dir_store_set_epoch(d, "s2", 1, &err));
+    KEEPS(dir_store_set_lmtp_address(d, "s2", "no-port", &err));
+    KEEPS(dir_store_set_lmtp_address(d, "zz", "10.0.0.3:24", &err));
+    KEEPS(dir_store_set_repl_address(d, "zz", "10.0.0.3:7000", &err));
+    KEEPS(dir_account_move_commit(d, "zz@x.org", "s2", 1, DIR_STATE_ACTIVE, &err));
+    KEEPS(dir_account_move_commit(d, "a@x.org", "../s2", 1, DIR_STATE_ACTIVE, &err));
     KEEPS(dir_account_login_attempt(d, "a@x.org", 12345, &err));
     dir_account a;
     KEEPS(dir_account_get(d, "a@x.org", &a, &err));
@@ -703,6 +934,12 @@ static int store_count(void *ctx, const dir_store *s)
     return 0;
 }
 
+static int store_collect(void *ctx, const dir_store *s)
+{
+    buf_printf(ctx, "%s|%s|%s|%s;", s->name, s->address, s->lmtp_address, s->repl_address);
+    return 0;
+}
+
 TEST(test_stores)
 {
     dir *d = open_fresh();
@@ -737,6 +974,70 @@ TEST(test_stores)
     int n = 0;
     CHECK(dir_store_list(d, store_count, &n, &err) == 0 && n == 2);
     dir_close(d);
+}
+
+/* The LMTP and repl addresses: unset ("") on a new store, set and unset
+ * one at a time without touching the others, refused unless host:port. */
+TEST(test_store_service_addresses)
+{
+    dir *d = open_fresh();
+    CHECK(d);
+    hv_err err;
+    dir_store s;
+    CHECKM(dir_store_add(d, "s1", "10.0.0.1:143", DIR_ROLE_PRIMARY, &err) == 0, "%s", err.msg);
+    CHECK(dir_store_get(d, "s1", &s, &err) == 0);
+    CHECK(s.lmtp_address[0] == 0 && s.repl_address[0] == 0);
+
+    CHECKM(dir_store_set_lmtp_address(d, "S1", "10.0.0.1:24", &err) == 0, "%s", err.msg);
+    CHECK(dir_store_get(d, "s1", &s, &err) == 0);
+    CHECK(strcmp(s.lmtp_address, "10.0.0.1:24") == 0 && s.repl_address[0] == 0);
+    CHECK(strcmp(s.address, "10.0.0.1:143") == 0);
+    CHECKM(dir_store_set_repl_address(d, "s1", "[2001:db8::1]:7000", &err) == 0, "%s", err.msg);
+    CHECK(dir_store_set_address(d, "s1", "10.0.0.2:143", &err) == 0);
+    CHECK(dir_store_get(d, "s1", &s, &err) == 0);
+    CHECK(strcmp(s.lmtp_address, "10.0.0.1:24") == 0);
+    CHECK(strcmp(s.repl_address, "[2001:db8::1]:7000") == 0);
+    CHECK(strcmp(s.address, "10.0.0.2:143") == 0);
+    CHECK(s.role == DIR_ROLE_PRIMARY && s.epoch == 0);
+
+    const char *bad[] = {"10.0.0.1", "10.0.0.1:", ":24", "host:0", "host:65536", "host:24x",
+                         "2001:db8::1:24", "[2001:db8::1]24", "[::1", "has space:24",
+                         "a/b:24", "x\n:24", ""};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        if (!bad[i][0])
+            continue; /* "" unsets: below */
+        CHECKM(dir_store_set_lmtp_address(d, "s1", bad[i], &err) == -EINVAL, "%s", bad[i]);
+        CHECKM(strchr(err.msg, '\n') == NULL, "%s", err.msg);
+        CHECKM(dir_store_set_repl_address(d, "s1", bad[i], &err) == -EINVAL, "%s", bad[i]);
+    }
+    CHECK(dir_store_set_lmtp_address(d, "nope", "10.0.0.1:24", &err) == -ENOENT);
+    CHECK(dir_store_set_repl_address(d, "nope", "10.0.0.1:24", &err) == -ENOENT);
+    CHECK(dir_store_set_lmtp_address(d, "../s", "10.0.0.1:24", &err) == -EINVAL);
+    CHECK(dir_store_get(d, "s1", &s, &err) == 0 && strcmp(s.lmtp_address, "10.0.0.1:24") == 0);
+
+    /* Unset: "" and NULL. */
+    CHECK(dir_store_set_lmtp_address(d, "s1", "", &err) == 0);
+    CHECK(dir_store_set_repl_address(d, "s1", NULL, &err) == 0);
+    CHECK(dir_store_get(d, "s1", &s, &err) == 0);
+    CHECK(s.lmtp_address[0] == 0 && s.repl_address[0] == 0);
+    CHECK(strcmp(s.address, "10.0.0.2:143") == 0);
+
+    /* Lists carry them too. */
+    CHECK(dir_store_add(d, "s2", "10.0.0.3:143", DIR_ROLE_REPLICA, &err) == 0);
+    CHECK(dir_store_set_lmtp_address(d, "s2", "mail-s2.example:2424", &err) == 0);
+    CHECK(dir_store_set_repl_address(d, "s2", "mail-s2.example:7001", &err) == 0);
+    buf b;
+    buf_init(&b);
+    int listed = dir_store_list(d, store_collect, &b, &err) == 0;
+    int want = listed && strcmp((char *)b.data, "s1|10.0.0.2:143||;"
+                                                "s2|10.0.0.3:143|mail-s2.example:2424|"
+                                                "mail-s2.example:7001;") == 0;
+    if (!want)
+        fprintf(stderr, "  listed: %s\n", b.data ? (char *)b.data : "(nothing)");
+    buf_free(&b);
+    dir_close(d);
+    CHECKM(listed, "%s", err.msg);
+    CHECK(want);
 }
 
 /* --- change notification --- */
@@ -1065,16 +1366,20 @@ static void run_backend_suite(void)
 #define RUN_B(name) t_run_one(pg_conninfo ? #name " [pg]" : #name " [sqlite]", name)
     RUN_B(test_open_creates_schema_and_reopens);
     RUN_B(test_open_refuses_newer_schema);
+    RUN_B(test_open_upgrades_v1_schema);
+    RUN_B(test_open_upgrade_half_done);
     RUN_B(test_domains);
     RUN_B(test_domain_del_refused_while_in_use);
     RUN_B(test_account_add_get);
     RUN_B(test_account_changes);
+    RUN_B(test_account_move_commit);
     RUN_B(test_account_list);
     RUN_B(test_version_bumps_on_each_change);
     RUN_B(test_two_handles_see_each_other);
     RUN_B(test_aliases);
     RUN_B(test_alias_list);
     RUN_B(test_stores);
+    RUN_B(test_store_service_addresses);
     RUN_B(test_password_in_directory);
     RUN_B(test_watch_drain);
     if (pg_conninfo) {
@@ -1094,6 +1399,7 @@ int main(void)
     RUN(test_address_malformed);
     RUN(test_address_lengths);
     RUN(test_domain_and_store_names);
+    RUN(test_hostport_split);
     RUN(test_state_names);
     RUN(test_open_specs);
     RUN(test_open_conf_relative_path);
