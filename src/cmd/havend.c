@@ -85,7 +85,9 @@ static void usage(FILE *f)
           "  repl         built: streams each account's log to replicas (repl_port on\n"
           "               a primary; repl_primary on a replica), sync or async;\n"
           "               started only when configured (docs/replication.md)\n"
-          "  http         coming later: admin API, metrics, health, status page\n"
+          "  http         built: GET /health and /metrics (Prometheus) on http_port\n"
+          "               (8080) at http_listen (127.0.0.1) (docs/http.md); the admin\n"
+          "               API and the status page are coming later\n"
           "  A service whose ports are all 0 in haven.conf is not started.\n"
           "\n"
           "Privileges: started as root with 'user' set in haven.conf, havend binds\n"
@@ -280,7 +282,8 @@ static int restart_only(const char *key)
 {
     size_t n = strlen(key);
     return strcmp(key, "run_dir") == 0 || strcmp(key, "user") == 0 ||
-           strcmp(key, "listen") == 0 || (n > 5 && strcmp(key + n - 5, "_port") == 0);
+           strcmp(key, "listen") == 0 || strcmp(key, "http_listen") == 0 ||
+           (n > 5 && strcmp(key + n - 5, "_port") == 0);
 }
 
 static void reload(havend *d)
@@ -416,8 +419,8 @@ int main(int argc, char **argv)
                      user, (int)geteuid());
     }
 
-    log_info("start version=%s pid=%d config=%s mode=%s admin_socket=%s running=master,imap,smtp,lmtp,repl,proxy "
-             "not_built=http",
+    log_info("start version=%s pid=%d config=%s mode=%s admin_socket=%s running=master,imap,smtp,lmtp,repl,proxy,http "
+             "not_built=http_admin_api,status_page",
              HAVEN_VERSION, (int)d.pid, d.conf_path, d.foreground ? "foreground" : "daemon",
              sock_path);
     if (ready_fd >= 0) {

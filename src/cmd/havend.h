@@ -2,9 +2,10 @@
  * havend.h - what the files of the havend master share.
  *
  * havend.c owns the process: options, config, the pid lock, privileges,
- * signals and the poll loop. havend_admin.c owns the admin socket. Later
- * services (smtp, lmtp, imap, proxy, repl, http) become havend_<name>.c
- * files supervised from havend.c.
+ * signals and the poll loop. havend_admin.c owns the admin socket.
+ * havend_services.c binds the services' ports and supervises them (smtp,
+ * lmtp, imap, proxy, repl, http), each a child process running its part
+ * of src/.
  */
 #ifndef HV_HAVEND_H
 #define HV_HAVEND_H

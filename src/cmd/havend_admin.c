@@ -153,9 +153,9 @@ static void reply_status(buf *o, const havend *d)
         buf_printf(o, "accounts: %ld\n", accounts);
     else
         buf_printf(o, "accounts: unknown (%s/accounts: %s)\n", data, strerror((int)-accounts));
-    buf_printf(o, "services: master, admin socket, imap, smtp, lmtp, repl (when configured), proxy (when a proxy port is set)\n");
+    buf_printf(o, "services: master, admin socket, imap, smtp, lmtp, repl (when configured), proxy (when a proxy port is set), http (when http_port is set)\n");
     havend_services_status(o);
-    buf_printf(o, "not built yet: http\n");
+    buf_printf(o, "not built yet: http admin API, status page\n");
 }
 
 typedef void (*admin_cmd_fn)(admin_client *c, const havend *d);

@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "cmd/havend.h"
+#include "http/http.h"
 #include "imap/imap.h"
 #include "lib/log.h"
 #include "proxy/proxy.h"
@@ -38,9 +39,10 @@ typedef struct service {
     pid_t pid;
     int64_t started_ms, restart_at_ms;
     unsigned backoff_ms;
+    int enabled; /* configured to run (a port, or repl configured) */
 } service;
 
-enum { SV_IMAP, SV_SMTP, SV_LMTP, SV_REPL, SV_PROXY };
+enum { SV_IMAP, SV_SMTP, SV_LMTP, SV_REPL, SV_PROXY, SV_HTTP };
 
 static service services[] = {
     [SV_IMAP] = {"imap", {-1, -1, -1}, 0, 0, 0, 1000},
@@ -48,6 +50,7 @@ static service services[] = {
     [SV_LMTP] = {"lmtp", {-1, -1, -1}, 0, 0, 0, 1000},
     [SV_REPL] = {"repl", {-1, -1, -1}, 0, 0, 0, 1000},
     [SV_PROXY] = {"proxy", {-1, -1, -1}, 0, 0, 0, 1000},
+    [SV_HTTP] = {"http", {-1, -1, -1}, 0, 0, 0, 1000},
 };
 #define NSERVICES (sizeof(services) / sizeof(services[0]))
 
@@ -88,23 +91,29 @@ static int bind_port(const char *addr, long port, hv_err *err)
 
 int havend_services_bind(havend *d, hv_err *err)
 {
+    /* http has an address of its own (http_listen): a node whose mail
+     * ports face the world keeps its health and metrics on loopback. */
     static const struct {
         int service, slot;
-        const char *key;
+        const char *key, *addr_key;
     } ports[] = {
-        {SV_IMAP, 0, "imap_port"},       {SV_IMAP, 1, "imaps_port"},
-        {SV_SMTP, 0, "smtp_port"},       {SV_SMTP, 1, "submission_port"},
-        {SV_SMTP, 2, "submissions_port"}, {SV_LMTP, 0, "lmtp_port"},
-        {SV_REPL, 0, "repl_port"},       {SV_PROXY, 0, "proxy_port"},
-        {SV_PROXY, 1, "proxy_imaps_port"},
+        {SV_IMAP, 0, "imap_port", "listen"},        {SV_IMAP, 1, "imaps_port", "listen"},
+        {SV_SMTP, 0, "smtp_port", "listen"},        {SV_SMTP, 1, "submission_port", "listen"},
+        {SV_SMTP, 2, "submissions_port", "listen"}, {SV_LMTP, 0, "lmtp_port", "listen"},
+        {SV_REPL, 0, "repl_port", "listen"},        {SV_PROXY, 0, "proxy_port", "listen"},
+        {SV_PROXY, 1, "proxy_imaps_port", "listen"}, {SV_HTTP, 0, "http_port", "http_listen"},
     };
-    const char *addr = conf_get(d->conf, "listen");
     for (size_t i = 0; i < sizeof(ports) / sizeof(ports[0]); i++) {
+        const char *addr = conf_get(d->conf, ports[i].addr_key);
         int fd = bind_port(addr, conf_get_int(d->conf, ports[i].key), err);
         if (fd == -2)
             return -1;
         services[ports[i].service].fds[ports[i].slot] = fd;
+        if (fd >= 0)
+            services[ports[i].service].enabled = 1;
     }
+    /* A replica listens on no port but still runs repl (it dials out). */
+    services[SV_REPL].enabled = repl_configured(d->conf);
     return 0;
 }
 
@@ -119,6 +128,11 @@ static int run_service(havend *d, service *sv, hv_err *err)
         return repl_service_run(d->conf, sv->fds[0], err);
     if (sv == &services[SV_PROXY])
         return proxy_service_run(d->conf, sv->fds[0], sv->fds[1], err);
+    if (sv == &services[SV_HTTP]) {
+        http_master m = {d->started_wall,
+                         (int64_t)d->started.tv_sec * 1000 + d->started.tv_nsec / 1000000};
+        return http_service_run(d->conf, sv->fds[0], &m, err);
+    }
     return imap_service_run(d->conf, sv->fds[0], sv->fds[1], err);
 }
 
@@ -256,5 +270,6 @@ void havend_services_status(buf *out)
 {
     for (size_t i = 0; i < NSERVICES; i++)
         buf_printf(out, "service %s: %s pid=%d\n", services[i].name,
-                   services[i].pid ? "running" : "stopped", (int)services[i].pid);
+                   services[i].pid ? "running" : services[i].enabled ? "stopped" : "off",
+                   (int)services[i].pid);
 }

@@ -3,9 +3,10 @@
  * socket that carries them to a running smtp service.
  *
  * queue_control runs one command (list, show, hold, release, flush,
- * delete) on an open queue: the smtp service's (through the socket) or
- * one that `haven queue` opened itself while havend is not running (the
- * queue's lock file makes sure there is only ever one writer).
+ * delete, stats) on an open queue: the smtp service's (through the
+ * socket) or one that `haven queue` opened itself while havend is not
+ * running (the queue's lock file makes sure there is only ever one
+ * writer).
  *
  * Protocol of RUN_DIR/queue.sock (mode 0600): the client sends one line,
  * the command's arguments separated by TAB, ended by LF (at most 8 KiB);
@@ -392,6 +393,66 @@ static int cmd_act(queue *q, enum action act, int argc, char **argv, buf *out, h
     return rc;
 }
 
+/* "stats": the queue's numbers as "NAME VALUE" lines, read-only, for the
+ * http service's /metrics (docs/http.md). One pass over the table under
+ * the lock: no sorting, no disk. A recipient a delivery thread has counts
+ * as delivering, not in its state; deleted ones are not counted. */
+static int cmd_stats(queue *q, int argc, buf *out, hv_err *err)
+{
+    if (argc > 0)
+        return hv_err_set(err, -EINVAL, "usage: stats");
+    unsigned long long msgs = 0, bytes = 0, delivering = 0, segs = 0, seg_bytes = 0;
+    unsigned long long mstate[QUEUE_HELD + 1] = {0}, rstate[QUEUE_BOUNCED + 1] = {0};
+    unsigned long long held[QHOLD_OPERATOR + 1] = {0};
+    long long oldest = 0;
+    pthread_mutex_lock(&q->mu);
+    for (size_t i = 0; i < q->tab_cap; i++)
+        for (qmsg *m = q->tab[i]; m; m = m->hnext) {
+            msgs++;
+            bytes += m->size;
+            if (!oldest || m->arrival < oldest)
+                oldest = m->arrival;
+            int has[QUEUE_HELD + 1] = {0};
+            for (uint32_t k = 0; k < m->nrcpts; k++) {
+                const qrcpt *r = &m->rcpts[k];
+                if (r->state > QUEUE_BOUNCED)
+                    continue;
+                if (r->busy) {
+                    delivering++;
+                    continue;
+                }
+                rstate[r->state]++;
+                if (r->state <= QUEUE_HELD)
+                    has[r->state] = 1;
+                if (r->state == QUEUE_HELD && r->hold_kind <= QHOLD_OPERATOR)
+                    held[r->hold_kind]++;
+            }
+            for (int k = 0; k <= QUEUE_HELD; k++)
+                mstate[k] += (unsigned long long)has[k];
+        }
+    for (const qseg *sg = q->segs; sg; sg = sg->next) {
+        segs++;
+        seg_bytes += sg->size;
+    }
+    buf_printf(out, "messages %llu\nbytes %llu\noldest_arrival_ms %lld\n", msgs, bytes, oldest);
+    for (int k = 0; k <= QUEUE_HELD; k++)
+        buf_printf(out, "messages_%s %llu\n", queue_state_name(k), mstate[k]);
+    for (int k = 0; k <= QUEUE_BOUNCED; k++)
+        buf_printf(out, "recipients_%s %llu\n", queue_state_name(k), rstate[k]);
+    buf_printf(out, "recipients_delivering %llu\nheld_account %llu\nheld_store %llu\n"
+               "held_operator %llu\nsubmitted %llu\nsyncs %llu\nlog_segments %llu\n"
+               "log_bytes %llu\naccepting %d\n", delivering, held[QHOLD_ACCOUNT],
+               held[QHOLD_STORE], held[QHOLD_OPERATOR], (unsigned long long)q->nsubmits,
+               (unsigned long long)q->nsyncs, segs, seg_bytes, !q->broken);
+    if (q->broken) {
+        buf_append_str(out, "broken_reason ");
+        put_field(out, q->broken_msg);
+        buf_append_str(out, "\n");
+    }
+    pthread_mutex_unlock(&q->mu);
+    return 0;
+}
+
 int queue_control(queue *q, int argc, char **argv, buf *out, hv_err *err)
 {
     if (argc < 1)
@@ -409,6 +470,8 @@ int queue_control(queue *q, int argc, char **argv, buf *out, hv_err *err)
         return cmd_act(q, ACT_FLUSH, argc - 1, argv + 1, out, err);
     if (strcmp(c, "delete") == 0)
         return cmd_act(q, ACT_DELETE, argc - 1, argv + 1, out, err);
+    if (strcmp(c, "stats") == 0)
+        return cmd_stats(q, argc - 1, out, err);
     return hv_err_set(err, -EINVAL, "unknown queue command '%s'", c);
 }
 
