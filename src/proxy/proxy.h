@@ -5,8 +5,9 @@
  * Before login the proxy speaks IMAP itself (greeting, CAPABILITY, ID,
  * NOOP, LOGOUT, STARTTLS, LOGIN, AUTHENTICATE PLAIN). A login is checked
  * against the directory, the account's store is looked up, the proxy logs
- * in on that store's IMAP with the same credentials and from then on only
- * relays bytes. When the directory moves the account (another store, or
+ * in on that store's IMAP with the same credentials (after STARTTLS with a
+ * verified certificate unless the store is on loopback: proxy_backend_tls)
+ * and from then on only relays bytes. When the directory moves the account (another store, or
  * its store gets another address or epoch) the session is ended with
  * "* BYE [UNAVAILABLE]" so the client reconnects to the new place.
  * See docs/proxy.md.

@@ -43,12 +43,28 @@ void px_scan_feed(px_scan *sc, const char *p, size_t n);
 /* Between two response lines, outside any literal. */
 int px_scan_at_boundary(const px_scan *sc);
 
+/* A connection to a store's IMAP, greeting read; TLS up (after STARTTLS,
+ * certificate verified) when ssl is set. Blocking with timeouts while a
+ * worker or the pooler owns it. */
+typedef struct px_conn {
+    int fd;
+    SSL *ssl;
+} px_conn;
+
+/* proxy_backend_tls */
+enum px_backend_tls { PX_BE_TLS_AUTO, PX_BE_TLS_ALWAYS, PX_BE_TLS_NEVER };
+
 typedef struct px_pool_entry {
     char address[DIR_STORE_ADDRESS_MAX + 1];
-    int fds[PX_POOL_MAX];
+    px_conn conns[PX_POOL_MAX];
     int64_t since[PX_POOL_MAX];
     unsigned n;
     int64_t last_used; /* seconds; 0: warmed at start, never used */
+    /* Failed refills in a row, and when the next may be tried (ms,
+     * monotonic): a store that is down or whose certificate does not
+     * verify is not hammered every tick. */
+    unsigned fails;
+    int64_t retry_ms;
 } px_pool_entry;
 
 typedef struct px_server px_server;
@@ -79,7 +95,7 @@ struct px_session {
     char pass[PASSWORD_MAX + 1];
     /* The worker's answer. */
     int ok;
-    int be_fd;
+    px_conn be_conn; /* fd -1: none */
     char reply[1200];   /* the tagged reply text after the tag, with CRLF */
     char *extra;        /* backend bytes read past its tagged reply */
     size_t nextra;
@@ -108,6 +124,11 @@ struct px_server {
     unsigned max_sessions, nsessions, fail_delay_ms, pool_size;
     struct event_base *base;
     SSL_CTX *ssl;
+    /* towards the stores: proxy_backend_tls, the client context (NULL
+     * when never), proxy_backend_verify_name (empty: the address's host) */
+    enum px_backend_tls be_tls;
+    SSL_CTX *be_ssl;
+    char be_name[256];
     ratelimit *rl;
     px_session *sessions; /* loop thread only */
     uint64_t next_id;
@@ -131,17 +152,25 @@ struct px_server {
 };
 
 /* proxy_backend.c (any thread but the loop) */
-/* A connected backend socket with the greeting read: from the pool when
- * one is ready, else a fresh connection. -errno with the reason. */
-int px_backend_get(px_server *srv, const char *address, int *fd_out, hv_err *err);
+/* Reads proxy_backend_tls, proxy_backend_ca and proxy_backend_verify_name
+ * into srv (the client context too). -EINVAL with the reason. */
+int px_backend_setup(px_server *srv, const conf *c, hv_err *err);
+/* A backend connection with the greeting read (and TLS up when wanted):
+ * from the pool when one is ready, else a fresh connection. -errno with
+ * the reason; a store whose certificate does not verify, or that refuses
+ * STARTTLS, is an error, never a clear-text connection. */
+int px_backend_get(px_server *srv, const char *address, px_conn *out, hv_err *err);
 /* LOGIN on the backend; 0 with the tagged reply text (after the tag) in
  * reply when it said OK; -EACCES with the reply when it said NO/BAD;
- * -EIO when the connection failed. Bytes read past the reply go to
- * *extra (malloc'd) / *nextra. */
-int px_backend_login(int fd, const char *user, const char *pass, char *reply, size_t replylen,
-                     char **extra, size_t *nextra, hv_err *err);
-/* Connects one fresh backend and reads its greeting. */
-int px_backend_connect(const char *address, int *fd_out, hv_err *err);
+ * -EIO when the connection failed. Bytes read past the reply (TLS:
+ * decrypted) go to *extra (malloc'd) / *nextra. */
+int px_backend_login(px_conn *c, const char *user, const char *pass, char *reply,
+                     size_t replylen, char **extra, size_t *nextra, hv_err *err);
+/* Connects one fresh backend, reads its greeting, does STARTTLS when
+ * wanted. */
+int px_backend_connect(px_server *srv, const char *address, px_conn *out, hv_err *err);
+/* Closes a backend connection (fd -1: nothing to do). */
+void px_conn_close(px_conn *c);
 /* Remembers address as used (the watcher keeps its pool filled). */
 void px_pool_touch(px_server *srv, const char *address);
 /* Watcher: tops every address's pool up and drops stale connections. */

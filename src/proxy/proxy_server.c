@@ -100,6 +100,8 @@ int proxy_service_run(const conf *c, int fd_plain, int fd_tls, hv_err *err)
     srv->ssl = tls_server_context(c, err);
     if (!srv->ssl)
         return -EINVAL;
+    if (px_backend_setup(srv, c, err) < 0)
+        return -EINVAL;
     {
         dir *d;
         proxy_route r;
@@ -137,8 +139,9 @@ int proxy_service_run(const conf *c, int fd_plain, int fd_tls, hv_err *err)
     event_add(sterm, NULL);
     event_add(sint, NULL);
     log_info("proxy: ready workers=%u pool=%u plain_fd=%d tls_fd=%d local_store=%s "
-             "local_address=%s", srv->nthreads, srv->pool_size, fd_plain, fd_tls,
-             srv->local_store, srv->local_address[0] ? srv->local_address : "-");
+             "local_address=%s backend_tls=%s", srv->nthreads, srv->pool_size, fd_plain, fd_tls,
+             srv->local_store, srv->local_address[0] ? srv->local_address : "-",
+             conf_get(c, "proxy_backend_tls"));
     event_base_dispatch(srv->base);
 
     pthread_mutex_lock(&srv->qmu);
@@ -148,6 +151,8 @@ int proxy_service_run(const conf *c, int fd_plain, int fd_tls, hv_err *err)
     pthread_join(srv->watcher, NULL);
     pthread_join(srv->pooler, NULL);
     px_pool_free(srv);
+    if (srv->be_ssl)
+        SSL_CTX_free(srv->be_ssl);
     if (lp)
         evconnlistener_free(lp);
     if (lt)

@@ -19,6 +19,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/err.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,6 +38,8 @@
 #define MAX_BAD_COMMANDS 20
 #define MAX_SASL_LINE 8192
 #define PRELOGIN_TIMEOUT_S 120
+/* How long a login waits for an account in state "moving" to land. */
+#define PX_MOVING_WAIT_MS 5000
 
 void px_server_submit(px_server *srv, px_session *s); /* proxy_server.c */
 
@@ -111,6 +114,12 @@ static void drop_backend(px_session *s)
 {
     if (!s->be)
         return;
+    /* TLS to the store: close_notify, so it logs an end, not a cut. */
+    SSL *ssl = bufferevent_openssl_get_ssl(s->be);
+    if (ssl) {
+        SSL_shutdown(ssl);
+        ERR_clear_error();
+    }
     bufferevent_free(s->be);
     s->be = NULL;
 }
@@ -153,7 +162,11 @@ static void be_event_cb(struct bufferevent *bev, short what, void *arg)
     if (!(what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)))
         return;
     /* The store ended the session (LOGOUT, autologout, shutdown): what it
-     * said last is already on its way to the client. */
+     * said last is already on its way to the client. Nothing more to say
+     * to it, not even close_notify. */
+    SSL *ssl = bufferevent_openssl_get_ssl(s->be);
+    if (ssl)
+        SSL_set_quiet_shutdown(ssl, 1);
     pass_to_client(s);
     drop_backend(s);
     px_route_unregister(s->srv, s->id);
@@ -288,7 +301,7 @@ void px_session_accept(px_server *srv, int fd, int tls)
     px_session *s = calloc(1, sizeof(*s));
     s->srv = srv;
     s->id = ++srv->next_id;
-    s->be_fd = -1;
+    s->be_conn.fd = -1;
     snprintf(s->ids, sizeof(s->ids), "%llx", (unsigned long long)s->id);
     snprintf(s->peer, sizeof(s->peer), "?");
     struct sockaddr_storage ss;
@@ -333,8 +346,7 @@ static void session_free(px_session *s)
     log_info("proxy: session=%s user=%s disconnect", s->ids, s->user[0] ? s->user : "-");
     px_route_unregister(srv, s->id);
     drop_backend(s);
-    if (s->be_fd >= 0)
-        close(s->be_fd);
+    px_conn_close(&s->be_conn);
     if (s->tls && !s->peer_gone) {
         SSL *ssl = bufferevent_openssl_get_ssl(s->cli);
         if (ssl)
@@ -619,6 +631,15 @@ static void login_work(px_session *s)
         login_failed(s, "wrong password");
         return;
     }
+    /* A move freezes an account for well under a second (docs/move.md):
+     * hold the login (on this worker, not the loop) until the directory
+     * shows where the account lives now, instead of sending the client
+     * away to retry. */
+    for (int waited = 0; a.state == DIR_STATE_MOVING && waited < PX_MOVING_WAIT_MS; waited += 50) {
+        usleep(50000);
+        if (dir_account_get(d, user, &a, &err) < 0)
+            break;
+    }
     if (a.state != DIR_STATE_ACTIVE) {
         dir_account_login_attempt(d, user, (int64_t)time(NULL), NULL);
         const char *why = a.state == DIR_STATE_MOVING      ? "is being moved"
@@ -639,19 +660,19 @@ static void login_work(px_session *s)
     }
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    int fd = -1;
-    if (px_backend_get(s->srv, s->route.address, &fd, &err) < 0) {
+    px_conn conn = {.fd = -1, .ssl = NULL};
+    if (px_backend_get(s->srv, s->route.address, &conn, &err) < 0) {
         log_error("proxy: session=%s user=%s store=%s address=%s unreachable reason=\"%s\"",
                   s->ids, user, s->route.store, s->route.address, err.msg);
         snprintf(s->reply, sizeof(s->reply),
                  "NO [UNAVAILABLE] Your mailbox is unavailable; try again later\r\n");
         return;
     }
-    rc = px_backend_login(fd, user, s->pass, s->reply, sizeof(s->reply), &s->extra, &s->nextra,
-                          &err);
+    rc = px_backend_login(&conn, user, s->pass, s->reply, sizeof(s->reply), &s->extra,
+                          &s->nextra, &err);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     if (rc < 0) {
-        close(fd);
+        px_conn_close(&conn);
         log_error("proxy: session=%s user=%s store=%s address=%s backend login failed "
                   "reason=\"%s\"", s->ids, user, s->route.store, s->route.address, err.msg);
         /* The store's own refusal when it gave a reason clients know
@@ -667,10 +688,10 @@ static void login_work(px_session *s)
     }
     long us = (t1.tv_sec - t0.tv_sec) * 1000000L + (t1.tv_nsec - t0.tv_nsec) / 1000;
     log_info("proxy: session=%s user=%s login peer=%s tls=%d store=%s address=%s epoch=%llu "
-             "backend_us=%ld", s->ids, user, s->peer, s->tls, s->route.store, s->route.address,
-             s->route.epoch, us);
+             "backend_tls=%d backend_us=%ld", s->ids, user, s->peer, s->tls, s->route.store,
+             s->route.address, s->route.epoch, conn.ssl != NULL, us);
     s->ok = 1;
-    s->be_fd = fd;
+    s->be_conn = conn;
 }
 
 void px_session_login_job(px_session *s)
@@ -693,13 +714,25 @@ static void delay_cb(evutil_socket_t fd, short what, void *arg)
 
 static void start_relay(px_session *s)
 {
-    int fd = s->be_fd;
-    s->be_fd = -1;
+    int fd = s->be_conn.fd;
+    SSL *ssl = s->be_conn.ssl;
+    s->be_conn.fd = -1;
+    s->be_conn.ssl = NULL;
     struct timeval none = {0, 0};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof(none));
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &none, sizeof(none));
     evutil_make_socket_nonblocking(fd);
-    s->be = bufferevent_socket_new(s->srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    if (ssl) {
+        /* The worker finished the handshake; the TLS session goes on
+         * here, the bufferevent owning (and freeing) it and the fd. */
+        s->be = bufferevent_openssl_socket_new(s->srv->base, fd, ssl, BUFFEREVENT_SSL_OPEN,
+                                               BEV_OPT_CLOSE_ON_FREE);
+        /* A store that closes without close_notify has still ended the
+         * session: an end, not an error. */
+        bufferevent_openssl_set_allow_dirty_shutdown(s->be, 1);
+    } else {
+        s->be = bufferevent_socket_new(s->srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    }
     bufferevent_setcb(s->be, be_read_cb, be_write_cb, be_event_cb, s);
     bufferevent_setwatermark(s->be, EV_WRITE, PX_LOW_WATER, 0);
     bufferevent_enable(s->be, EV_READ | EV_WRITE);

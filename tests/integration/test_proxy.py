@@ -7,6 +7,15 @@ wrong passwords and non-active accounts are refused, and moving an account
 to the other store in the directory ends its open session with
 "* BYE [UNAVAILABLE]" while the next login lands on the new store.
 
+TLS to the store (proxy_backend_tls): node A's proxy runs with the default
+`auto`, so it reaches the stores on loopback in clear text. Two more
+proxies that send bob to store b run with `always`: one trusts
+store b's certificate (the self-signed one `haven init` wrote), and its
+logins reach b over TLS (b logs the login with tls=1, and commands after
+it work, so the relay runs over TLS too); the other trusts a wrong
+certificate (node A's), and its logins are refused with NO [UNAVAILABLE]
+without any login reaching b, in clear text or otherwise.
+
 The directory has no operator command for stores yet (`haven store ...`),
 nor `haven move`: the test writes the stores row and the account's store
 straight into node A's SQLite directory, bumping its version counter in
@@ -14,6 +23,7 @@ the same transaction as the directory code does. Replace with the commands
 once they exist."""
 import imaplib
 import os
+import re
 import socket
 import sqlite3
 import ssl
@@ -46,6 +56,27 @@ def dir_write(node, *stmts):
         db.execute("COMMIT")
     finally:
         db.close()
+
+
+def conf_path(node, key):
+    """A path key of node's haven.conf, made absolute as havend does."""
+    with open(node.conf) as f:
+        for line in f:
+            k, sep, v = line.partition("=")
+            if sep and k.strip() == key:
+                return os.path.join(os.path.dirname(node.conf), v.strip())
+    raise KeyError(key)
+
+
+def log_from(node, offset):
+    """node's havend.log from byte offset on (offset: its size earlier)."""
+    with open(os.path.join(node.dir, "havend.log"), "rb") as f:
+        f.seek(offset)
+        return f.read().decode(errors="replace")
+
+
+def log_size(node):
+    return os.path.getsize(os.path.join(node.dir, "havend.log"))
 
 
 def subjects(c):
@@ -141,6 +172,66 @@ class ProxyTest(unittest.TestCase):
                        PW["alice@example.org"].encode())
         self.assertIn("Subject: alice on a", subjects(c))
         c.logout()
+
+    def tls_proxy(self, ca):
+        """A node whose proxy sends bob to store b with TLS to the stores
+        required and ca trusted; its proxy port. It has a directory of its
+        own (the same entries for bob and b as node A's), so that it can
+        come and go without touching node A's."""
+        n = Instance()
+        self.addCleanup(n.close)
+        n.set_conf("store_name", "c")
+        n.haven("user", "add", "bob@example.org", "--store", "b", "--password-stdin",
+                input=PW["bob@example.org"] + "\n")
+        n.haven("store", "add", "b", "127.0.0.1:%d" % self.b.ports["imap"])
+        port = free_port()
+        n.set_conf("proxy_port", str(port))
+        n.set_conf("proxy_backend_tls", "always")
+        n.set_conf("proxy_backend_ca", ca)
+        n.start()
+        n.wait_port(port)
+        return n, port
+
+    def test_tls_backend_auto_loopback_is_clear(self):
+        # auto (node A's proxy): store b is on loopback, so no TLS.
+        off = log_size(self.a)
+        c = self.proxy("bob@example.org")
+        c.logout()
+        self.assertRegex(log_from(self.a, off),
+                         r"proxy: .*user=bob@example\.org login .*backend_tls=0")
+
+    def test_tls_backend_verified(self):
+        off = log_size(self.b)
+        n, port = self.tls_proxy(conf_path(self.b, "tls_cert"))
+        # Two logins: the first may take a pooled connection, the second
+        # a pooled or a fresh one; both must be TLS.
+        for i in range(2):
+            c = imaplib.IMAP4("127.0.0.1", port, timeout=30)
+            c.login("bob@example.org", PW["bob@example.org"])
+            self.assertIn("Subject: bob on b", subjects(c))
+            typ, _ = c.append("INBOX", None, None, msg("over tls %d" % i))
+            self.assertEqual(typ, "OK")
+            self.assertIn("Subject: over tls %d" % i, subjects(c))
+            c.logout()
+        logins = re.findall(r"imap: session=\S+ user=bob@example\.org login peer=\S+ tls=(\d)",
+                            log_from(self.b, off))
+        self.assertEqual(logins, ["1", "1"])
+        self.assertEqual(len(re.findall(r"proxy: .*user=bob@example\.org login .*backend_tls=1",
+                                        n.read_log())), 2)
+
+    def test_tls_backend_wrong_ca_refused(self):
+        # Node A's certificate is not b's: b's does not verify.
+        off = log_size(self.b)
+        n, port = self.tls_proxy(conf_path(self.a, "tls_cert"))
+        c = imaplib.IMAP4("127.0.0.1", port, timeout=30)
+        with self.assertRaises(imaplib.IMAP4.error) as cm:
+            c.login("bob@example.org", PW["bob@example.org"])
+        self.assertIn("UNAVAILABLE", str(cm.exception))
+        c.logout()
+        # The reason is logged, and no login reached b at all.
+        self.assertRegex(n.read_log(), r"user=bob@example\.org .*reason=\".*certificate not "
+                                       r"accepted")
+        self.assertNotIn("user=bob@example.org login", log_from(self.b, off))
 
     def test_wrong_password_refused(self):
         c = imaplib.IMAP4("127.0.0.1", self.pport, timeout=30)
