@@ -99,6 +99,17 @@ void queue_close(queue *q);
 int queue_submit(queue *q, const queue_envelope *env, const void *data, size_t len,
                  char id_out[QUEUE_ID_LEN + 1], hv_err *err);
 
+/* queue_submit without waiting for the disk: writes the record and
+ * returns at once; done(ctx, 0, id, NULL) follows on the queue's syncing
+ * thread once the record is durable (and the message visible to the
+ * runner), or done(ctx, rc < 0, "", err) when the sync failed. Syncs are
+ * shared by every message written meanwhile (group commit), and no thread
+ * waits for them. Returns < 0 (and done is never called) when the record
+ * could not be written at all. */
+typedef void (*queue_done_fn)(void *ctx, int rc, const char *id, const hv_err *err);
+int queue_submit_async(queue *q, const queue_envelope *env, const void *data, size_t len,
+                       queue_done_fn done, void *ctx, hv_err *err);
+
 /* --- the runner --- */
 
 /* Starts the delivery threads (queue_delivery_threads of them) and the

@@ -184,6 +184,11 @@ struct queue {
     pthread_mutex_t mu;
     pthread_cond_t sync_cv;   /* a group commit finished */
     pthread_cond_t work_cv;   /* new work for the delivery threads */
+    /* queue_submit_async: written, waiting for a sync (queue.c) */
+    struct qpending *pend_head, **pend_tail;
+    pthread_cond_t pend_cv;   /* pending submits, or stop */
+    pthread_t syncer;
+    int syncer_on, syncer_stop;
     /* the log */
     qseg *segs, *tail;        /* list; tail is written to */
     uint64_t seq;             /* last record sequence number */
@@ -251,13 +256,19 @@ void qlog_close(queue *q);
  * Returns the segment and frame offset of the first frame. */
 int qlog_append(queue *q, buf *frames, qseg **seg_out, uint64_t *off_out, uint64_t *end,
                 hv_err *err);
+/* qlog_append of one frame whose last tail_len bytes are at tail rather
+ * than in frame (a message's data, written without copying it into the
+ * frame); frame's length field counts them. */
+int qlog_append_tail(queue *q, buf *frame, const void *tail, size_t tail_len, qseg **seg_out,
+                     uint64_t *off_out, uint64_t *end, hv_err *err);
 /* Waits (locked) until position end is durable; one waiter syncs for all. */
 int qlog_sync_to(queue *q, uint64_t end, hv_err *err);
 /* Begins a frame of type in b; qlog_frame_end fills its length. */
 size_t qlog_frame_begin(buf *b, int type, int64_t now);
 void qlog_frame_end(buf *b, size_t start);
 void qlog_put_str(buf *b, const char *s);
-/* Encodes a MESSAGE body (after qlog_frame_begin) for m with its data. */
+/* Encodes a MESSAGE body (after qlog_frame_begin) for m with its data
+ * (data NULL: all but the data's bytes, for qlog_append_tail). */
 void qlog_put_message(buf *b, const qmsg *m, const qbounce *parent, const void *data,
                       size_t len, uint32_t *data_rel);
 void qlog_put_state(buf *b, const qmsg *m, const qrcpt *r);

@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "lib/crc32c.h"
@@ -109,7 +110,8 @@ void qlog_put_message(buf *b, const qmsg *m, const qbounce *parent, const void *
     }
     buf_put_u64(b, len);
     *data_rel = (uint32_t)(b->len - frame_start);
-    buf_append(b, data, len);
+    if (data)
+        buf_append(b, data, len);
 }
 
 void qlog_put_state(buf *b, const qmsg *m, const qrcpt *r)
@@ -781,6 +783,56 @@ int qlog_append(queue *q, buf *frames, qseg **seg_out, uint64_t *off_out, uint64
         *off_out = s->size;
     s->size += frames->len;
     q->written += frames->len;
+    if (end)
+        *end = q->written;
+    return 0;
+}
+
+int qlog_append_tail(queue *q, buf *frame, const void *tail, size_t tail_len, qseg **seg_out,
+                     uint64_t *off_out, uint64_t *end, hv_err *err)
+{
+    if (q->broken)
+        return hv_err_set(err, -EIO, "queue refuses writes after a failure: %s", q->broken_msg);
+    uint64_t segsize = q->tune.segment_size ? q->tune.segment_size : QLOG_SEG_SIZE_DEFAULT;
+    size_t total = frame->len + tail_len;
+    if (q->tail->size + total > segsize && q->tail->size > QLOG_SEG_HDR) {
+        int rc = rotate(q, err);
+        if (rc < 0)
+            return rc;
+    }
+    uint8_t *f = frame->data;
+    st64(f + QLOG_FRAME_HDR + 8, ++q->seq);
+    uint32_t crc = crc32c(0, f, 4);
+    crc = crc32c(crc, f + QLOG_FRAME_HDR, frame->len - QLOG_FRAME_HDR);
+    st32(f + 4, crc32c(crc, tail, tail_len));
+    qseg *s = q->tail;
+    struct iovec iov[2] = {{f, frame->len}, {(void *)tail, tail_len}};
+    off_t at = (off_t)s->size;
+    int rc = 0;
+    for (int i = 0; rc == 0 && i < 2;) {
+        ssize_t n = pwritev(s->fd, iov + i, 2 - i, at);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            rc = n < 0 ? -errno : -EIO;
+            break;
+        }
+        at += n;
+        while (i < 2 && (size_t)n >= iov[i].iov_len)
+            n -= (ssize_t)iov[i++].iov_len;
+        if (i < 2) {
+            iov[i].iov_base = (uint8_t *)iov[i].iov_base + n;
+            iov[i].iov_len -= (size_t)n;
+        }
+    }
+    if (rc < 0)
+        return set_broken(q, rc, "write", err);
+    if (seg_out)
+        *seg_out = s;
+    if (off_out)
+        *off_out = s->size;
+    s->size += total;
+    q->written += total;
     if (end)
         *end = q->written;
     return 0;

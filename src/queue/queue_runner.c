@@ -3,25 +3,29 @@
  *
  * queue_delivery_threads threads each loop: pick the next recipient
  * (queue_sched.c, fair), deliver it, record the outcome (queue_outcome.c).
- * Local recipients go over LMTP to the lmtp service (listen:lmtp_port);
- * each thread keeps its LMTP connection open between deliveries and has
- * its own directory handle, because handles are not thread-safe. Before
- * an LMTP delivery the account's state is checked: mail for an account
- * that is not active is held at once, without bothering the store.
+ * Local recipients go over LMTP to the lmtp service of the store holding
+ * the account (queue_route.c: this node's own, listen:lmtp_port, or the
+ * store's lmtp_address in the directory); each thread keeps one LMTP
+ * connection per destination open between deliveries and has its own
+ * directory handle, because handles are not thread-safe. Before an LMTP
+ * delivery the account's state is checked: mail for an account that is
+ * not active is held at once, without bothering the store.
  * Remote recipients of one message and domain go in one SMTP transaction
  * through smtp_route_lookup and the relay settings.
  *
  * The watcher thread polls dir_version every 200 ms; when it moves, every
  * account with held mail is looked up again, and held mail of accounts
  * that are active now is released (in arrival order, one at a time). While
- * the store does not answer, local mail is held without trying, and the
- * watcher probes the store every few seconds; when it answers, that mail
- * is released the same way. The watcher also syncs state records that
- * nobody waited for, and reclaims log segments.
+ * a store's lmtp service does not answer, mail for it is held without
+ * trying, and it is probed every few seconds (queue_route.c); when it
+ * answers, the watcher releases that mail the same way (per destination: one store down
+ * holds only its own accounts' mail). The watcher also syncs state
+ * records that nobody waited for, and reclaims log segments.
  *
- * SECURITY: the runner trusts the directory and the lmtp service (same
- * node, same instance). Replies of remote servers are untrusted text; they
- * only ever go into logs, state reasons and DSNs after CR/LF are removed.
+ * SECURITY: the runner trusts the directory and the lmtp services of the
+ * stores it names (this instance's, or another node's of the same
+ * directory). Replies of remote servers are untrusted text; they only
+ * ever go into logs, state reasons and DSNs after CR/LF are removed.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -34,9 +38,10 @@
 #include "dir/dir.h"
 #include "lib/log.h"
 #include "queue/queue_internal.h"
+#include "queue/queue_route.h"
 #include "smtp/smtp_client.h"
 
-#define PROBE_INTERVAL_MS 3000
+#define PROBE_INTERVAL_MS 3000 /* a store's lmtp service that did not answer */
 #define WATCH_INTERVAL_MS 200
 #define SYNC_INTERVAL_MS 1000
 #define RECLAIM_INTERVAL_MS 5000
@@ -48,23 +53,21 @@ typedef struct qthread {
     struct queue_runner *run;
     pthread_t tid;
     dir *d;
-    smtp_client *lmtp;
+    qroute_conns conns; /* LMTP connections, one per destination */
     int index;
+    buf data;           /* message data, kept between deliveries */
 } qthread;
 
 struct queue_runner {
     queue *q;
     char hostname[256];
-    char lmtp_host[256];
-    int lmtp_port;
+    qroute *route; /* which store's lmtp service, and which answer */
     char *routes;
     enum smtp_client_tls relay_tls;
     int nthreads;
     qthread *threads;
     qthread watcher;
     int stop;
-    int store_down;
-    int64_t next_probe;
     void *ctl; /* queue_ctl.c's server */
 };
 
@@ -111,27 +114,6 @@ static void finish_one(qthread *t, qrcpt *r, enum qoutcome out, int kind, const 
     queue_finish(t->run->q, &r, &res, 1, resolve_sender, t);
 }
 
-static void mark_store_down(struct queue_runner *run, const char *why)
-{
-    queue *q = run->q;
-    pthread_mutex_lock(&q->mu);
-    if (!run->store_down) {
-        run->store_down = 1;
-        run->next_probe = mono_ms() + PROBE_INTERVAL_MS;
-        log_warn("queue_store_down host=%s port=%d reason=\"%s\"", run->lmtp_host,
-                 run->lmtp_port, why);
-    }
-    pthread_mutex_unlock(&q->mu);
-}
-
-static int lmtp_connect(qthread *t, hv_err *err)
-{
-    struct queue_runner *run = t->run;
-    smtp_client_opts o = {.lmtp = 1, .tls = SMTP_TLS_NONE, .helo = run->hostname,
-                          .timeout_ms = LMTP_TIMEOUT_MS};
-    return smtp_client_connect(run->lmtp_host, run->lmtp_port, &o, &t->lmtp, err);
-}
-
 /* The envelope of one delivery, copied out under the lock so the message
  * may change (a copy forward, an operator) while we talk to a server. */
 typedef struct job {
@@ -164,17 +146,14 @@ static void deliver_local(qthread *t, qrcpt *r)
     job_init(&j, r->msg);
     char *account = strdup(r->account);
     uint32_t idx = r->idx;
-    int down = run->store_down;
     pthread_mutex_unlock(&q->mu);
 
     hv_err err;
-    buf data;
-    buf_init(&data);
-    if (down) {
-        finish_one(t, r, QOUT_HELD, QHOLD_STORE, "store not answering");
-        goto out;
-    }
-    dir_account a;
+    /* The thread's buffer, kept between deliveries: a fresh one per
+     * message cost its page faults every time. */
+    buf data = t->data;
+    buf_reset(&data);
+    dir_account a = {0};
     int rc = dir_account_get(t->d, account, &a, &err);
     if (rc == 0 && a.state != DIR_STATE_ACTIVE) {
         finish_one(t, r, QOUT_HELD, QHOLD_ACCOUNT, "account is %s", dir_state_name(a.state));
@@ -182,6 +161,20 @@ static void deliver_local(qthread *t, qrcpt *r)
     }
     if (rc < 0 && rc != -ENOENT) {
         finish_one(t, r, QOUT_DEFERRED, 0, "451 4.3.0 directory error: %s", err.msg);
+        goto out;
+    }
+    /* The lmtp service of the account's store; an account that is gone
+     * is our own lmtp service's to refuse. */
+    qroute_dest dst = *qroute_local(run->route);
+    if (rc == 0 && qroute_lookup(run->route, t->d, &a, &dst, &err) < 0) {
+        finish_one(t, r, QOUT_DEFERRED, 0, "451 4.3.0 directory error: %s", err.msg);
+        goto out;
+    }
+    int down = qroute_is_down(run->route, &dst);
+    if (down) {
+        finish_one(t, r, QOUT_HELD, QHOLD_STORE, "store not answering: %s at %s", dst.store,
+                   dst.key);
+        qroute_held(run->route, &dst);
         goto out;
     }
     /* Older held mail of this account goes first, in arrival order. */
@@ -208,33 +201,35 @@ static void deliver_local(qthread *t, qrcpt *r)
     const char *rcpts[1] = {account};
     const char *params[1] = {did};
     smtp_reply res;
+    int rerouted = 0;
+deliver:
     for (int attempt = 0; attempt < 2; attempt++) {
-        int reused = t->lmtp != NULL;
-        if (!t->lmtp && lmtp_connect(t, &err) < 0) {
-            mark_store_down(run, err.msg);
+        smtp_client *lmtp;
+        int reused;
+        if (qroute_conn_get(run->route, &t->conns, &dst, &lmtp, &reused, &err) < 0) {
+            qroute_mark_down(run->route, &dst, err.msg);
             finish_one(t, r, QOUT_HELD, QHOLD_STORE, "store not answering: %s", err.msg);
             goto out;
         }
         char mparams[64] = "";
-        if ((j.flags & QMSG_8BIT) && smtp_client_has(t->lmtp, "8BITMIME"))
+        if ((j.flags & QMSG_8BIT) && smtp_client_has(lmtp, "8BITMIME"))
             snprintf(mparams, sizeof(mparams), "BODY=8BITMIME");
-        if ((j.flags & QMSG_SMTPUTF8) && smtp_client_has(t->lmtp, "SMTPUTF8"))
+        if ((j.flags & QMSG_SMTPUTF8) && smtp_client_has(lmtp, "SMTPUTF8"))
             snprintf(mparams + strlen(mparams), sizeof(mparams) - strlen(mparams), "%sSMTPUTF8",
                      mparams[0] ? " " : "");
         smtp_tx tx = {
             .mail_from = j.mail_from,
             .mail_params = mparams[0] ? mparams : NULL,
             .rcpts = rcpts,
-            .rcpt_params = smtp_client_has(t->lmtp, "XHAVEN-DID") ? params : NULL,
+            .rcpt_params = smtp_client_has(lmtp, "XHAVEN-DID") ? params : NULL,
             .nrcpts = 1,
             .data = data.data,
             .len = data.len,
         };
         memset(&res, 0, sizeof(res));
-        rc = smtp_client_send(t->lmtp, &tx, &res, &err);
+        rc = smtp_client_send(lmtp, &tx, &res, &err);
         if (rc < 0) {
-            smtp_client_close(t->lmtp);
-            t->lmtp = NULL;
+            qroute_conn_drop(&t->conns, &dst);
             /* A kept connection the server closed meanwhile: once more on a
              * fresh one (the delivery id makes a repeat harmless). */
             if (res.code == 0 && reused)
@@ -242,13 +237,35 @@ static void deliver_local(qthread *t, qrcpt *r)
         }
         break;
     }
+    if (res.code >= 400 && res.code < 500 && !rerouted) {
+        /* A store refuses writes to an account it is handing over (the
+         * account's fence, docs/move.md). The directory has changed by
+         * then: hold while it is moving (released when active), or go to
+         * its new store at once, instead of backing off for minutes. */
+        dir_account now;
+        if (dir_account_get(t->d, account, &now, &err) == 0) {
+            if (now.state != DIR_STATE_ACTIVE) {
+                finish_one(t, r, QOUT_HELD, QHOLD_ACCOUNT, "account is %s",
+                           dir_state_name(now.state));
+                goto out;
+            }
+            if (strcmp(now.store, a.store) != 0) {
+                a = now;
+                rerouted = 1;
+                if (qroute_lookup(run->route, t->d, &a, &dst, &err) == 0)
+                    goto deliver;
+            }
+        }
+    }
     qresult out;
     queue_reply_result(1, res.code, res.enhanced, res.code ? res.text : err.msg, &out);
     if (res.code == 0)
-        mark_store_down(run, err.msg);
+        qroute_mark_down(run->route, &dst, err.msg);
     queue_finish(q, &r, &out, 1, resolve_sender, t);
 out:
-    buf_free(&data);
+    if (data.cap > (4u << 20))
+        buf_free(&data);
+    t->data = data;
     free(account);
     job_free(&j);
 }
@@ -448,16 +465,15 @@ static void *delivery_main(void *arg)
         pthread_mutex_lock(&q->mu);
     }
     pthread_mutex_unlock(&q->mu);
-    if (t->lmtp)
-        smtp_client_close(t->lmtp);
-    t->lmtp = NULL;
+    qroute_conns_close(&t->conns);
+    buf_free(&t->data);
     return NULL;
 }
 
 /* ---------- the watcher ---------- */
 
 /* Looks every account with held mail up again; releases those active now
- * (and, while the store answers, mail held because it did not). */
+ * (and, while their store answers, mail held because it did not). */
 static void recheck_held(struct queue_runner *run, dir *d)
 {
     queue *q = run->q;
@@ -470,14 +486,17 @@ static void recheck_held(struct queue_runner *run, dir *d)
         for (qdest *x = q->dtab[i]; x; x = x->hnext)
             if (!x->remote && x->held)
                 keys[n++] = strdup(x->key);
-    int down = run->store_down;
     pthread_mutex_unlock(&q->mu);
     for (size_t i = 0; i < n; i++) {
         dir_account a;
         hv_err err;
         int rc = dir_account_get(d, keys[i], &a, &err);
         if (rc == 0 && a.state == DIR_STATE_ACTIVE) {
-            unsigned kinds = 1u << QHOLD_ACCOUNT | (down ? 0 : 1u << QHOLD_STORE);
+            /* Its store now, which may not be the one its mail waited for. */
+            qroute_dest dst;
+            int up = qroute_lookup(run->route, d, &a, &dst, &err) == 0 &&
+                     !qroute_is_down(run->route, &dst);
+            unsigned kinds = 1u << QHOLD_ACCOUNT | (up ? 1u << QHOLD_STORE : 0);
             pthread_mutex_lock(&q->mu);
             qdest *x = sched_dest_find(q, keys[i]);
             size_t k = x ? sched_release_dest(q, x, kinds) : 0;
@@ -500,8 +519,6 @@ static void *watcher_main(void *arg)
     for (;;) {
         pthread_mutex_lock(&q->mu);
         int stop = run->stop;
-        int down = run->store_down;
-        int64_t probe = run->next_probe;
         pthread_mutex_unlock(&q->mu);
         if (stop)
             break;
@@ -511,22 +528,10 @@ static void *watcher_main(void *arg)
             seen = v;
             recheck_held(run, t->d);
         }
+        /* Stores whose lmtp service answers again get their held mail. */
+        if (qroute_recheck(run->route))
+            recheck_held(run, t->d);
         int64_t now = mono_ms();
-        if (down && now >= probe) {
-            if (lmtp_connect(t, &err) == 0) {
-                smtp_client_close(t->lmtp);
-                t->lmtp = NULL;
-                pthread_mutex_lock(&q->mu);
-                run->store_down = 0;
-                pthread_mutex_unlock(&q->mu);
-                log_info("queue_store_up host=%s port=%d", run->lmtp_host, run->lmtp_port);
-                recheck_held(run, t->d);
-            } else {
-                pthread_mutex_lock(&q->mu);
-                run->next_probe = now + PROBE_INTERVAL_MS;
-                pthread_mutex_unlock(&q->mu);
-            }
-        }
         if (now - last_sync >= SYNC_INTERVAL_MS) {
             last_sync = now;
             pthread_mutex_lock(&q->mu);
@@ -555,6 +560,7 @@ static void runner_free(struct queue_runner *run)
         dir_close(run->watcher.d);
     free(run->threads);
     free(run->routes);
+    qroute_free(run->route);
     free(run);
 }
 
@@ -567,14 +573,11 @@ int queue_runner_start(queue *q, const conf *c, hv_err *err)
         abort();
     run->q = q;
     snprintf(run->hostname, sizeof(run->hostname), "%s", conf_get(c, "hostname"));
-    const char *listen = conf_get(c, "listen");
-    size_t ln = strcspn(listen, ", \t");
-    snprintf(run->lmtp_host, sizeof(run->lmtp_host), "%.*s", (int)ln, listen);
-    if (strcmp(run->lmtp_host, "0.0.0.0") == 0 || run->lmtp_host[0] == 0)
-        snprintf(run->lmtp_host, sizeof(run->lmtp_host), "127.0.0.1");
-    else if (strcmp(run->lmtp_host, "::") == 0 || strcmp(run->lmtp_host, "[::]") == 0)
-        snprintf(run->lmtp_host, sizeof(run->lmtp_host), "::1");
-    run->lmtp_port = (int)conf_get_int(c, "lmtp_port");
+    run->route = qroute_new(c, LMTP_TIMEOUT_MS, PROBE_INTERVAL_MS, err);
+    if (!run->route) {
+        free(run);
+        return err ? err->code : -ENOMEM;
+    }
     run->routes = strdup(conf_get(c, "relay_routes"));
     const char *tls = conf_get(c, "relay_tls");
     run->relay_tls = strcmp(tls, "none") == 0       ? SMTP_TLS_NONE
@@ -621,9 +624,9 @@ int queue_runner_start(queue *q, const conf *c, hv_err *err)
     for (int i = 0; i < run->nthreads; i++)
         pthread_create(&run->threads[i].tid, NULL, delivery_main, &run->threads[i]);
     pthread_create(&run->watcher.tid, NULL, watcher_main, &run->watcher);
-    log_info("queue_runner_start threads=%d lmtp=%s:%d account_concurrency=%d "
-             "domain_concurrency=%d", run->nthreads, run->lmtp_host, run->lmtp_port,
-             q->account_cap, q->domain_cap);
+    log_info("queue_runner_start threads=%d store=%s lmtp=%s account_concurrency=%d "
+             "domain_concurrency=%d", run->nthreads, qroute_local(run->route)->store,
+             qroute_local(run->route)->key, q->account_cap, q->domain_cap);
     return 0;
 }
 

@@ -77,13 +77,20 @@ static void write_group(smtp_server *srv, lmtp_account *a, lmtp_delivery *list)
     store_account *st = a->st;
     store_mailbox_info mi;
     uint32_t inbox = 0;
-    int rc = 0;
-    if (store_mailbox_find(st, "INBOX", &mi) == 0) {
+    store_batch *b = NULL;
+    /* The batch takes the account lock and catches up with the log: the
+     * lookups below then cost no reading (outside the lock, each would). */
+    int rc = store_batch_begin(st, &b, &err);
+    if (rc == 0 && store_mailbox_find(st, "INBOX", &mi) == 0) {
         inbox = mi.id;
-    } else {
+    } else if (rc == 0) {
+        store_batch_abort(b);
+        b = NULL;
         rc = store_mailbox_create(st, "INBOX", 0, &inbox, &err);
         if (rc == 0)
             store_subscribe(st, "INBOX", 1, NULL);
+        if (rc == 0)
+            rc = store_batch_begin(st, &b, &err);
     }
     uint64_t used = 0;
     for (lmtp_delivery *d = list; d; d = d->next)
@@ -91,9 +98,6 @@ static void write_group(smtp_server *srv, lmtp_account *a, lmtp_delivery *list)
             used = account_usage(st);
             break;
         }
-    store_batch *b = NULL;
-    if (rc == 0)
-        rc = store_batch_begin(st, &b, &err);
     int64_t now = (int64_t)time(NULL);
     for (lmtp_delivery *d = list; d; d = d->next) {
         d->used = used;
@@ -195,11 +199,23 @@ void lmtp_job_rcpt(smtp_session *s)
         return;
     }
     char norm[DIR_ADDRESS_MAX + 1], account[DIR_ADDRESS_MAX + 1];
+    dir_account acc;
     int rc = p->postmaster ? -ENOENT : dir_address_normalize(p->addr, norm, &err);
-    if (rc == 0)
-        rc = dir_alias_resolve(d, norm, account, &err);
-    else
+    /* Mail goes to the account itself far more often than to an alias:
+     * look the account up first, which then answers in one query what
+     * dir_alias_resolve and dir_account_get would answer in two. */
+    int have_acc = 0;
+    if (rc == 0) {
+        rc = dir_account_get(d, norm, &acc, &err);
+        if (rc == 0) {
+            have_acc = 1;
+            snprintf(account, sizeof(account), "%s", norm);
+        } else if (rc == -ENOENT) {
+            rc = dir_alias_resolve(d, norm, account, &err);
+        }
+    } else {
         rc = -ENOENT;
+    }
     if (rc == -ENOENT) {
         log_info("lmtp: session=%s rcpt=<%s> refused reason=\"no such user\"", s->id, p->addr);
         smtp_out(s, "550 5.1.1 <%s> no such user here", p->addr);
@@ -213,8 +229,8 @@ void lmtp_job_rcpt(smtp_session *s)
         dir_trouble(s, &err);
         return;
     }
-    dir_account acc;
-    rc = dir_account_get(d, account, &acc, &err);
+    if (!have_acc)
+        rc = dir_account_get(d, account, &acc, &err);
     if (rc == -ENOENT) {
         smtp_out(s, "550 5.1.1 <%s> no such user here", p->addr);
         return;
@@ -227,6 +243,16 @@ void lmtp_job_rcpt(smtp_session *s)
         log_info("lmtp: session=%s rcpt=<%s> account=%s refused reason=\"account is %s\"",
                  s->id, p->addr, account, dir_state_name(acc.state));
         smtp_out(s, "450 4.2.1 <%s> account is %s", p->addr, dir_state_name(acc.state));
+        return;
+    }
+    const char *here = conf_get(s->srv->conf, "store_name");
+    if (strcmp(acc.store, here) != 0) {
+        /* Another store's account (moved away, or a sender with an old
+         * route): filing it here would split the mailbox. Temporary: the
+         * queue asks the directory again and goes to the right store. */
+        log_info("lmtp: session=%s rcpt=<%s> account=%s refused reason=\"account lives on "
+                 "store %s, this is %s\"", s->id, p->addr, account, acc.store, here);
+        smtp_out(s, "451 4.3.0 <%s> account lives on store %s, not here", p->addr, acc.store);
         return;
     }
     if (acc.quota_bytes) {
@@ -314,13 +340,41 @@ static void deliver_one(smtp_session *s, smtp_rcpt *r, buf *tmp)
         smtp_out(s, "250 2.1.5 <%s> delivered (uid %u)", r->addr, uid);
 }
 
+/* Each worker's own delivery buffer, kept between deliveries: a fresh one
+ * per message cost its page faults every time. Freed when the thread
+ * ends; huge ones are let go at once. */
+static pthread_key_t tmp_key;
+static pthread_once_t tmp_once = PTHREAD_ONCE_INIT;
+
+static void tmp_free(void *p)
+{
+    buf_free(p);
+    free(p);
+}
+
+static void tmp_key_make(void) { pthread_key_create(&tmp_key, tmp_free); }
+
+static buf *worker_tmp(void)
+{
+    pthread_once(&tmp_once, tmp_key_make);
+    buf *b = pthread_getspecific(tmp_key);
+    if (!b) {
+        b = malloc(sizeof(*b));
+        if (!b)
+            abort();
+        buf_init(b);
+        pthread_setspecific(tmp_key, b);
+    }
+    return b;
+}
+
 void lmtp_job_deliver(smtp_session *s)
 {
-    buf tmp;
-    buf_init(&tmp);
+    buf *tmp = worker_tmp();
     for (size_t i = 0; i < s->nrcpts; i++)
-        deliver_one(s, &s->rcpts[i], &tmp);
-    buf_free(&tmp);
+        deliver_one(s, &s->rcpts[i], tmp);
+    if (tmp->cap > (4u << 20))
+        buf_free(tmp);
     s->messages++;
     smtp_session_reset_tx(s);
 }

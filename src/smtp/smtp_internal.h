@@ -11,10 +11,11 @@
  *
  * Threads (as in imap): a session belongs to the loop thread, except while
  * a job of it runs on a worker (s->busy): then only that worker touches the
- * session. The loop reads nothing more from a busy session, so pipelined
- * commands wait in the socket buffer and are answered in order. A store
- * handle is shared by the lmtp sessions delivering to that account and
- * guarded by the account's mutex.
+ * session (for the end of a message, the queue's syncing thread after it:
+ * submit_done). The loop parses nothing more of a busy session, so
+ * pipelined commands wait (socket, or input buffer) and are answered in
+ * order. A store handle is shared by the lmtp sessions delivering to that
+ * account and guarded by the account's mutex.
  */
 #ifndef HV_SMTP_INTERNAL_H
 #define HV_SMTP_INTERNAL_H
@@ -33,6 +34,7 @@
 
 struct event_base;
 struct event;
+struct sockaddr;
 struct bufferevent;
 typedef struct smtp_server smtp_server;
 typedef struct smtp_session smtp_session;
@@ -59,6 +61,7 @@ typedef struct lmtp_account {
     int busy;             /* a thread is using st (outside mu) */
     struct lmtp_delivery *pending, **pending_tail;
     int refs;             /* registry mutex */
+    int opening;          /* registry mutex: st being opened (opened: amu_cv) */
     struct lmtp_account *next;
 } lmtp_account;
 
@@ -94,6 +97,7 @@ struct smtp_server {
     unsigned nthreads;
     /* lmtp accounts */
     pthread_mutex_t amu;
+    pthread_cond_t amu_cv;
     lmtp_account *accounts;
     unsigned idle_accounts;
 };
@@ -133,6 +137,7 @@ typedef struct smtp_rcpt {
 struct smtp_session {
     smtp_server *srv;
     struct bufferevent *bev;
+    struct event *rd_ev;   /* plain sessions: reading the socket (smtp_session.c) */
     struct event *done_ev;
     struct event *delay_ev;
     int fd;
@@ -183,7 +188,9 @@ struct smtp_session {
 /* Reply helpers (loop or the job's worker): append "fmt\r\n" to s->out. */
 void smtp_out(smtp_session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-void smtp_session_accept(smtp_server *srv, int fd, enum smtp_port port);
+/* sa, salen: the peer's address as accept gave it (NULL: asked of fd). */
+void smtp_session_accept(smtp_server *srv, int fd, const struct sockaddr *sa, int salen,
+                         enum smtp_port port);
 /* Worker: runs s->job. Loop: after the job. */
 void smtp_session_run(smtp_session *s);
 void smtp_session_job_done(smtp_session *s);

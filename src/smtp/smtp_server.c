@@ -12,6 +12,8 @@
 #include <event2/event.h>
 #include <event2/listener.h>
 #include <event2/thread.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,47 +54,62 @@ lmtp_account *lmtp_account_get(smtp_server *srv, const char *address, hv_err *er
 {
     pthread_mutex_lock(&srv->amu);
     lmtp_account *a;
-    for (a = srv->accounts; a; a = a->next)
-        if (strcmp(a->address, address) == 0)
+    for (;;) {
+        for (a = srv->accounts; a; a = a->next)
+            if (strcmp(a->address, address) == 0)
+                break;
+        if (!a || !a->opening)
             break;
-    if (a) {
-        if (a->refs++ == 0)
-            srv->idle_accounts--;
-        pthread_mutex_unlock(&srv->amu);
-        return a;
+        /* Another delivery is opening it: wait for that one open, rather
+         * than each of the account's first deliveries opening (and
+         * checkpointing) the account anew. */
+        pthread_cond_wait(&srv->amu_cv, &srv->amu);
     }
-    /* Opening replays the log tail: not under the registry mutex, or every
-     * other delivery would wait for it. Two racing opens of one account
-     * are resolved below (the loser closes its handle). */
-    pthread_mutex_unlock(&srv->amu);
-    char path[4400];
-    store_account *st;
-    if (store_account_dir(srv->data_dir, address, path, sizeof(path), err) < 0 ||
-        store_open(path, address, STORE_OPEN_CREATE, &srv->store_opt, &st, err) < 0)
-        return NULL;
-    pthread_mutex_lock(&srv->amu);
-    for (a = srv->accounts; a; a = a->next)
-        if (strcmp(a->address, address) == 0)
-            break;
     if (a) {
         if (a->refs++ == 0)
             srv->idle_accounts--;
         pthread_mutex_unlock(&srv->amu);
-        store_close(st);
         return a;
     }
     a = calloc(1, sizeof(*a));
     if (!a)
         abort();
     snprintf(a->address, sizeof(a->address), "%s", address);
-    a->st = st;
     pthread_mutex_init(&a->mu, NULL);
     pthread_cond_init(&a->cv, NULL);
     a->pending_tail = &a->pending;
     a->refs = 1;
+    a->opening = 1;
     a->next = srv->accounts;
     srv->accounts = a;
+    /* Opening replays the log tail: not under the registry mutex, or every
+     * other delivery would wait for it. */
     pthread_mutex_unlock(&srv->amu);
+    char path[4400];
+    store_account *st = NULL;
+    int rc = store_account_dir(srv->data_dir, address, path, sizeof(path), err);
+    if (rc == 0)
+        rc = store_open(path, address, STORE_OPEN_CREATE, &srv->store_opt, &st, err);
+    pthread_mutex_lock(&srv->amu);
+    a->opening = 0;
+    if (rc < 0) {
+        /* Out of the registry; those who waited for it open it themselves. */
+        for (lmtp_account **pp = &srv->accounts; *pp; pp = &(*pp)->next)
+            if (*pp == a) {
+                *pp = a->next;
+                break;
+            }
+    } else {
+        a->st = st;
+    }
+    pthread_cond_broadcast(&srv->amu_cv);
+    pthread_mutex_unlock(&srv->amu);
+    if (rc < 0) {
+        pthread_mutex_destroy(&a->mu);
+        pthread_cond_destroy(&a->cv);
+        free(a);
+        return NULL;
+    }
     return a;
 }
 
@@ -151,10 +168,8 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
                       void *arg)
 {
     (void)l;
-    (void)sa;
-    (void)len;
     listener *li = arg;
-    smtp_session_accept(li->srv, fd, li->port);
+    smtp_session_accept(li->srv, fd, sa, len, li->port);
 }
 
 static void on_signal(evutil_socket_t sig, short what, void *arg)
@@ -190,6 +205,7 @@ static void server_init(smtp_server *srv, const conf *c, int lmtp)
     srv->store_opt.checkpoint_records = (uint32_t)conf_get_int(c, "store_checkpoint_records");
     srv->store_opt.max_message_size = (uint64_t)conf_get_int(c, "store_max_message_size");
     pthread_mutex_init(&srv->amu, NULL);
+    pthread_cond_init(&srv->amu_cv, NULL);
 }
 
 /* Runs the loop over the given listeners until a signal. */
@@ -223,6 +239,10 @@ static int server_run(smtp_server *srv, const int *fds, const enum smtp_port *po
         if (fds[i] < 0)
             continue;
         evutil_make_socket_nonblocking(fds[i]);
+        /* Accepted sockets inherit it: replies go out at once, without a
+         * setsockopt per connection. */
+        int one = 1;
+        setsockopt(fds[i], IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         li[i].srv = srv;
         li[i].port = ports[i];
         li[i].l = evconnlistener_new(srv->base, accept_cb, &li[i], LEV_OPT_CLOSE_ON_FREE, -1,

@@ -69,7 +69,23 @@ void smtp_out(smtp_session *s, const char *fmt, ...)
 static void send_out(smtp_session *s)
 {
     if (s->out.len && !s->peer_gone) {
-        bufferevent_write(s->bev, s->out.data, s->out.len);
+        size_t sent = 0;
+        /* Plain and nothing queued: straight to the socket. Through the
+         * bufferevent each reply would cost a write event added, woken
+         * and removed (two epoll_ctl) besides the write itself. */
+        if (!s->tls && evbuffer_get_length(bufferevent_get_output(s->bev)) == 0) {
+            ssize_t n = send(s->fd, s->out.data, s->out.len, MSG_NOSIGNAL | MSG_DONTWAIT);
+            if (n > 0)
+                sent = (size_t)n;
+        }
+        /* The rest (or an error, which the bufferevent then reports).
+         * Plain sessions enable its writing only now: enabling adds the
+         * write event at once, even with nothing to write. */
+        if (sent < s->out.len) {
+            if (!s->tls)
+                bufferevent_enable(s->bev, EV_WRITE);
+            bufferevent_write(s->bev, s->out.data + sent, s->out.len - sent);
+        }
     }
     buf_reset(&s->out);
     if (s->out.cap > 65536)
@@ -88,6 +104,47 @@ static void note_error(smtp_session *s)
     }
 }
 
+/* ---- message buffers ----
+ *
+ * A message is collected in one buffer that grows with it. A fresh one per
+ * message meant growing it by doubling (copying it over and over) and
+ * faulting in its pages anew: for 100 KiB messages that was most of what
+ * the smtp process spent. Buffers are therefore given back to a small
+ * pool when a transaction ends (on whichever thread ends it) and taken
+ * from it when the next message begins. */
+#define MSG_POOL 64
+#define MSG_POOL_KEEP (1u << 20) /* bigger buffers are freed, not kept */
+#define MSG_FIRST (64u << 10)
+
+static pthread_mutex_t msg_pool_mu = PTHREAD_MUTEX_INITIALIZER;
+static buf msg_pool[MSG_POOL];
+static size_t msg_pool_n;
+
+static void msg_buf_take(buf *b, size_t want)
+{
+    buf_free(b);
+    pthread_mutex_lock(&msg_pool_mu);
+    if (msg_pool_n)
+        *b = msg_pool[--msg_pool_n];
+    pthread_mutex_unlock(&msg_pool_mu);
+    buf_reset(b);
+    buf_reserve(b, want);
+}
+
+static void msg_buf_give(buf *b)
+{
+    if (b->cap && b->cap <= MSG_POOL_KEEP) {
+        pthread_mutex_lock(&msg_pool_mu);
+        if (msg_pool_n < MSG_POOL) {
+            buf_reset(b);
+            msg_pool[msg_pool_n++] = *b;
+            buf_init(b);
+        }
+        pthread_mutex_unlock(&msg_pool_mu);
+    }
+    buf_free(b);
+}
+
 /* ---- transaction ---- */
 
 void smtp_session_reset_tx(smtp_session *s)
@@ -100,7 +157,7 @@ void smtp_session_reset_tx(smtp_session *s)
         s->rcpts = NULL;
         s->caprcpts = 0;
     }
-    buf_free(&s->msg);
+    msg_buf_give(&s->msg);
     s->mail_from[0] = 0;
     s->mail_size = 0;
     s->body_8bit = s->smtputf8 = s->ret_hdrs = 0;
@@ -167,6 +224,80 @@ static void read_cb(struct bufferevent *bev, void *arg)
     process_input(arg);
 }
 
+/* ---- input of plain sessions ----
+ *
+ * libevent 2.1 reads at most 4096 bytes per call, each after an
+ * ioctl(FIONREAD): a 100 KiB message cost some fifty system calls and as
+ * many trips through the loop. Plain sessions therefore read their socket
+ * themselves, up to READ_CHUNK at once, into the bufferevent's input
+ * buffer (which process_input takes from, as for TLS sessions, whose
+ * reading stays with the bufferevent). The event stays added for the
+ * whole session, also while a job runs (no epoll_ctl per job): what
+ * arrives meanwhile waits in the buffer, and past INPUT_HELD_MAX reading
+ * stops until the job is done. */
+#define READ_CHUNK 65536
+#define INPUT_HELD_MAX (1u << 20)
+
+static void on_timeout(smtp_session *s)
+{
+    log_info("%s: session=%s peer=%s closed reason=timeout", svc(s), s->id, s->peer);
+    if (!s->busy) {
+        smtp_out(s, "421 4.4.2 %s Timeout, closing connection", s->srv->hostname);
+        send_out(s);
+    }
+    s->closing = 1;
+    if (!s->busy)
+        close_when_flushed(s);
+}
+
+static void raw_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+    smtp_session *s = arg;
+    if (what & EV_TIMEOUT) {
+        if (!s->busy) /* a job's own time is not the client's idleness */
+            on_timeout(s);
+        return;
+    }
+    struct evbuffer *in = bufferevent_get_input(s->bev);
+    struct evbuffer_iovec v;
+    ssize_t n = -1;
+    int rerr = ENOMEM;
+    /* The bufferevent keeps the end of its input frozen but for its own
+     * reads: thaw it for ours. */
+    evbuffer_unfreeze(in, 0);
+    if (evbuffer_reserve_space(in, READ_CHUNK, &v, 1) == 1) {
+        n = read(fd, v.iov_base, v.iov_len);
+        rerr = n < 0 ? errno : 0;
+        if (n > 0) {
+            v.iov_len = (size_t)n;
+            evbuffer_commit_space(in, &v, 1);
+        }
+    }
+    evbuffer_freeze(in, 0);
+    if (n < 0 && (rerr == EAGAIN || rerr == EWOULDBLOCK || rerr == EINTR))
+        return;
+    if (n <= 0) { /* end of input, or an error: the peer is gone */
+        event_del(s->rd_ev);
+        s->peer_gone = 1;
+        s->closing = 1;
+        if (!s->busy)
+            close_when_flushed(s);
+        return;
+    }
+    if (s->busy) {
+        if (evbuffer_get_length(in) > INPUT_HELD_MAX)
+            event_del(s->rd_ev); /* added again when the job is done */
+        return;
+    }
+    process_input(s);
+}
+
+static void raw_read_add(smtp_session *s)
+{
+    struct timeval t = {IDLE_TIMEOUT_S, 0};
+    event_add(s->rd_ev, &t);
+}
+
 static void write_cb(struct bufferevent *bev, void *arg)
 {
     (void)bev;
@@ -179,16 +310,12 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
 {
     (void)bev;
     smtp_session *s = arg;
-    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT)) {
-        if (what & BEV_EVENT_TIMEOUT) {
-            log_info("%s: session=%s peer=%s closed reason=timeout", svc(s), s->id, s->peer);
-            if (!s->busy) {
-                smtp_out(s, "421 4.4.2 %s Timeout, closing connection", s->srv->hostname);
-                send_out(s);
-            }
-        } else {
-            s->peer_gone = 1;
-        }
+    if (what & BEV_EVENT_TIMEOUT) {
+        on_timeout(s);
+    } else if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
+        if (s->rd_ev)
+            event_del(s->rd_ev);
+        s->peer_gone = 1;
         s->closing = 1;
         if (!s->busy)
             close_when_flushed(s);
@@ -207,16 +334,24 @@ static void set_callbacks(smtp_session *s)
     bufferevent_setcb(s->bev, read_cb, write_cb, event_cb, s);
     struct timeval t = {IDLE_TIMEOUT_S, 0};
     bufferevent_set_timeouts(s->bev, &t, &t);
-    bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+    /* Plain sessions read through rd_ev (raw_read_cb), and write mostly
+     * without the bufferevent (send_out). */
+    if (s->rd_ev)
+        raw_read_add(s);
+    else
+        bufferevent_enable(s->bev, EV_READ | EV_WRITE);
 }
 
-static void peer_name(int fd, char *out, size_t len, int *loopback)
+static void peer_name(int fd, const struct sockaddr *sa, int salen, char *out, size_t len,
+                      int *loopback)
 {
     struct sockaddr_storage ss;
     socklen_t sl = sizeof(ss);
     snprintf(out, len, "?");
     *loopback = 0;
-    if (getpeername(fd, (struct sockaddr *)&ss, &sl) != 0)
+    if (sa && salen > 0 && (size_t)salen <= sizeof(ss))
+        memcpy(&ss, sa, (size_t)salen);
+    else if (getpeername(fd, (struct sockaddr *)&ss, &sl) != 0)
         return;
     if (ss.ss_family == AF_INET) {
         struct sockaddr_in *in = (struct sockaddr_in *)&ss;
@@ -241,11 +376,12 @@ static void refuse_early(int fd, enum smtp_port port, const char *line)
     close(fd);
 }
 
-void smtp_session_accept(smtp_server *srv, int fd, enum smtp_port port)
+void smtp_session_accept(smtp_server *srv, int fd, const struct sockaddr *sa, int salen,
+                         enum smtp_port port)
 {
     char peer[64];
     int loopback;
-    peer_name(fd, peer, sizeof(peer), &loopback);
+    peer_name(fd, sa, salen, peer, sizeof(peer), &loopback);
     const char *name = port == SMTP_PORT_LMTP ? "lmtp" : "smtp";
     if (srv->nsessions >= srv->max_sessions) {
         log_warn("%s: peer=%s refused reason=\"too many sessions\" sessions=%u", name, peer,
@@ -267,8 +403,7 @@ void smtp_session_accept(smtp_server *srv, int fd, enum smtp_port port)
         }
         counted = 1;
     }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    /* TCP_NODELAY comes from the listening socket (smtp_server.c). */
     smtp_session *s = calloc(1, sizeof(*s));
     if (!s)
         abort();
@@ -287,6 +422,7 @@ void smtp_session_accept(smtp_server *srv, int fd, enum smtp_port port)
         s->tls = 1;
     } else {
         s->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
+        s->rd_ev = event_new(srv->base, fd, EV_READ | EV_PERSIST, raw_read_cb, s);
     }
     s->done_ev = event_new(srv->base, -1, 0, done_cb, s);
     smtp_line_init(&s->lr, SMTP_LINE_MAX_ANY);
@@ -315,6 +451,8 @@ static void session_free(smtp_session *s)
     }
     if (s->delay_ev)
         event_free(s->delay_ev);
+    if (s->rd_ev)
+        event_free(s->rd_ev); /* before the bufferevent closes the fd */
     if (s->tls) {
         SSL *ssl = bufferevent_openssl_get_ssl(s->bev);
         if (ssl)
@@ -332,9 +470,14 @@ static void session_free(smtp_session *s)
 
 static void start_job(smtp_session *s)
 {
-    send_out(s); /* replies to earlier pipelined commands go out meanwhile */
+    /* Replies to earlier pipelined commands go out meanwhile; LMTP's client
+     * (our queue) waits for the whole group anyway, so there they go out
+     * together after the job, in one write and one read for the client. */
+    if (s->port != SMTP_PORT_LMTP)
+        send_out(s);
     s->busy = 1;
-    bufferevent_disable(s->bev, EV_READ);
+    if (!s->rd_ev) /* plain sessions keep reading into the buffer (raw_read_cb) */
+        bufferevent_disable(s->bev, EV_READ);
     smtp_server_submit(s->srv, s);
 }
 
@@ -342,6 +485,13 @@ static void start_tls(smtp_session *s)
 {
     /* Anything the client sent after STARTTLS came in clear text and must
      * not be taken as if it came over TLS (command injection). */
+    if (s->rd_ev) {
+        /* From here on the TLS filter reads and writes, through the
+         * bufferevent. */
+        event_free(s->rd_ev);
+        s->rd_ev = NULL;
+        bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+    }
     struct evbuffer *in = bufferevent_get_input(s->bev);
     evbuffer_drain(in, evbuffer_get_length(in));
     SSL *ssl = SSL_new(s->srv->ssl);
@@ -358,11 +508,17 @@ static void start_tls(smtp_session *s)
     s->esmtp = 0;
 }
 
+static void job_submit(smtp_session *s);
+
 /* Worker thread. */
 void smtp_session_run(smtp_session *s)
 {
+    /* job_submit ends the job itself (submit_done, maybe on another
+     * thread, maybe before it returns): s must not be touched after it. */
+    int ends_itself = s->job == job_submit;
     s->job(s);
-    event_active(s->done_ev, EV_READ, 0);
+    if (!ends_itself)
+        event_active(s->done_ev, EV_READ, 0);
 }
 
 static void delay_cb(evutil_socket_t fd, short what, void *arg)
@@ -390,15 +546,18 @@ void smtp_session_job_done(smtp_session *s)
     }
     s->busy = 0;
     s->job = NULL;
-    send_out(s);
     if (s->after == SA_CLOSE)
         s->closing = 1;
     s->after = SA_NONE;
     if (s->closing) {
+        send_out(s);
         close_when_flushed(s);
         return;
     }
-    bufferevent_enable(s->bev, EV_READ);
+    if (!s->rd_ev)
+        bufferevent_enable(s->bev, EV_READ);
+    else if (!event_pending(s->rd_ev, EV_READ, NULL) && !s->peer_gone)
+        raw_read_add(s); /* reading stopped while the job ran (INPUT_HELD_MAX) */
     process_input(s);
 }
 
@@ -466,7 +625,31 @@ static void message_done(smtp_session *s)
     start_job(s);
 }
 
-/* Worker: the message into the queue, durable before the 250. */
+/* The queue's syncing thread (or the worker, on failure): the message is
+ * durable (rc 0) or not; the job ends here. */
+static void submit_done(void *ctx, int rc, const char *id, const hv_err *err)
+{
+    smtp_session *s = ctx;
+    if (rc < 0) {
+        log_error("smtp: session=%s peer=%s from=<%s> rcpts=%zu size=%zu queue failed "
+                  "reason=\"%s\"",
+                  s->id, s->peer, s->mail_from, s->nrcpts, s->msg.len, err ? err->msg : "");
+        smtp_out(s, "451 4.3.0 Queue write failed; try again later");
+    } else {
+        s->messages++;
+        log_info("smtp: session=%s peer=%s from=<%s> rcpts=%zu size=%zu queue_id=%s%s%s "
+                 "queued",
+                 s->id, s->peer, s->mail_from, s->nrcpts, s->msg.len, id,
+                 s->user[0] ? " user=" : "", s->user);
+        smtp_out(s, "250 2.0.0 Ok: queued as %s", id);
+    }
+    smtp_session_reset_tx(s);
+    event_active(s->done_ev, EV_READ, 0);
+}
+
+/* Worker: the message into the queue, durable before the 250. The worker
+ * only writes it: the queue's syncing thread calls submit_done once the
+ * record is durable, so no worker waits for the disk. */
 static void job_submit(smtp_session *s)
 {
     queue_rcpt_in *ri = calloc(s->nrcpts, sizeof(*ri));
@@ -490,25 +673,13 @@ static void job_submit(smtp_session *s)
         .client_helo = s->helo,
         .auth_user = s->user[0] ? s->user : NULL,
     };
-    char id[QUEUE_ID_LEN + 1] = "";
     hv_err err = {0};
-    int rc = queue_submit(s->srv->q, &env, s->msg.data ? s->msg.data : (const uint8_t *)"",
-                          s->msg.len, id, &err);
+    int rc = queue_submit_async(s->srv->q, &env,
+                                s->msg.data ? s->msg.data : (const uint8_t *)"", s->msg.len,
+                                submit_done, s, &err);
     free(ri);
-    if (rc < 0) {
-        log_error("smtp: session=%s peer=%s from=<%s> rcpts=%zu size=%zu queue failed "
-                  "reason=\"%s\"",
-                  s->id, s->peer, s->mail_from, s->nrcpts, s->msg.len, err.msg);
-        smtp_out(s, "451 4.3.0 Queue write failed; try again later");
-    } else {
-        s->messages++;
-        log_info("smtp: session=%s peer=%s from=<%s> rcpts=%zu size=%zu queue_id=%s%s%s "
-                 "queued",
-                 s->id, s->peer, s->mail_from, s->nrcpts, s->msg.len, id,
-                 s->user[0] ? " user=" : "", s->user);
-        smtp_out(s, "250 2.0.0 Ok: queued as %s", id);
-    }
-    smtp_session_reset_tx(s);
+    if (rc < 0) /* not written: submit_done is ours to call */
+        submit_done(s, rc, "", &err);
 }
 
 /* ---- recipients (smtp) ---- */
@@ -532,7 +703,24 @@ static void job_rcpt(smtp_session *s)
         snprintf(lookup, sizeof(lookup), "%s", p->addr);
     const char *domain = strchr(lookup, '@') + 1;
     char dom[DIR_DOMAIN_MAX + 1];
+    char account[DIR_ADDRESS_MAX + 1] = "";
     int hosted = 0;
+    /* Most mail is for an account itself: one query says so (an account's
+     * domain is hosted), where the domain and alias checks below take two. */
+    char norm0[DIR_ADDRESS_MAX + 1];
+    dir_account acc;
+    if (dir_address_normalize(lookup, norm0, &err) == 0) {
+        int rc = dir_account_get(d, norm0, &acc, &err);
+        if (rc == 0) {
+            snprintf(account, sizeof(account), "%s", norm0);
+            goto found;
+        }
+        if (rc != -ENOENT && rc != -EINVAL) {
+            log_error("smtp: session=%s directory lookup failed: %s", s->id, err.msg);
+            smtp_out(s, "451 4.3.0 Directory unavailable; try again later");
+            return;
+        }
+    }
     if (dir_domain_normalize(domain, dom, &err) == 0) {
         int rc = dir_domain_exists(d, dom, &err);
         if (rc == 0)
@@ -543,7 +731,6 @@ static void job_rcpt(smtp_session *s)
             return;
         }
     }
-    char account[DIR_ADDRESS_MAX + 1] = "";
     if (hosted) {
         char norm[DIR_ADDRESS_MAX + 1];
         int rc = dir_address_normalize(lookup, norm, &err);
@@ -576,6 +763,7 @@ static void job_rcpt(smtp_session *s)
         smtp_out(s, "550 5.7.1 <%s>: Relaying denied", p->addr);
         return;
     }
+found:;
     smtp_rcpt *r = smtp_session_add_rcpt(s);
     snprintf(r->addr, sizeof(r->addr), "%s", p->addr);
     snprintf(r->account, sizeof(r->account), "%s", account);
@@ -851,9 +1039,8 @@ static uint64_t reserve_hint(smtp_session *s)
 /* The first DATA or BDAT of a message: the reader and our header. */
 static void begin_message(smtp_session *s, int dot_mode)
 {
-    buf_free(&s->msg);
-    buf_init(&s->msg);
-    buf_reserve(&s->msg, (size_t)reserve_hint(s) + 512);
+    size_t want = (size_t)reserve_hint(s) + 512;
+    msg_buf_take(&s->msg, want > MSG_FIRST ? want : MSG_FIRST);
     if (s->port != SMTP_PORT_LMTP)
         prepend_received(s);
     smtp_data_init(&s->dr, dot_mode, s->srv->max_message, &s->msg);

@@ -23,6 +23,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -46,11 +47,13 @@ struct store_account {
     int seg_fd;           /* the segment at ix.seg */
     store_index ix;
     uint32_t since_ckpt;  /* records applied since the last checkpoint */
+    int fresh;            /* lock held and caught up with the log: no replay needed */
     buf wbuf;             /* records being written */
     buf scratch;          /* decoded ranges */
-    /* Inline appends replayed since the checkpoint we started from: where
-     * each body is in the log, for reads until its blob file is written
-     * out and synced (at the next checkpoint). Open addressing on the id. */
+    /* Inline appends applied since the checkpoint in ix: where each body is
+     * in the log (their only copy: no blob file is written for them). The
+     * checkpoint's INLB section (ix.inl) has the ones before it; the next
+     * checkpoint merges both. Open addressing on the id. */
     struct inline_ref {
         store_blob_id id;
         uint64_t seg, off;
@@ -151,8 +154,10 @@ static int lock_take(store_account *a, hv_err *err)
 
 static void lock_drop(store_account *a)
 {
-    if (--a->lock_depth == 0)
+    if (--a->lock_depth == 0) {
+        a->fresh = 0; /* others may write from now on */
         flock(a->lock_fd, LOCK_UN);
+    }
 }
 
 /* ---- replay ---- */
@@ -259,7 +264,50 @@ static void reader_limit(store_account *a, uint64_t *seg, uint64_t *off)
     close(fd);
 }
 
+/* Applies one frame (f, n bytes, CRC checked) found at a->ix.seg,
+ * a->ix.off: the one place where records reach the index, whether read
+ * from the log (replay) or just written by this handle (wr_commit). */
+static int apply_frame(store_account *a, const uint8_t *f, size_t n, hv_err *err)
+{
+    store_record rec;
+    uint64_t at = a->ix.off;
+    if (rec_decode(f + REC_FRAME_HDR, n - REC_FRAME_HDR, &rec, &a->scratch) < 0 ||
+        ix_apply(&a->ix, &rec, err) < 0) {
+        char why[600];
+        snprintf(why, sizeof(why), "%s", err && err->code ? err->msg : "malformed record");
+        int rc = damaged(a, a->ix.seg, at, why);
+        return hv_err_set(err, rc, "account %s is damaged: log segment %llu offset %llu: %s",
+                          a->name, (unsigned long long)a->ix.seg, (unsigned long long)at, why);
+    }
+    if (rec.type == STORE_REC_APPEND && rec.body)
+        inl_put(a, &rec.blob, a->ix.seg, at, (uint32_t)n);
+    a->ix.last_seg = a->ix.seg;
+    a->ix.last_off = at;
+    a->ix.off = at + n;
+    /* A record that touched many messages (STORE 1:*, a big EXPUNGE)
+     * weighs more: the next open would replay it all. */
+    uint64_t span = 0;
+    for (size_t k = 0; k < rec.nranges && span < (1u << 24); k++)
+        span += rec.ranges[k].hi - rec.ranges[k].lo + 1u;
+    a->since_ckpt += 1 + (uint32_t)(span / 64);
+    stats.records_replayed++;
+    return 0;
+}
+
+static int replay_log(store_account *a, hv_err *err);
+
 static int replay(store_account *a, hv_err *err)
+{
+    /* Under the lock nobody else writes: once caught up, stay so. */
+    if (a->lock_depth > 0 && a->fresh)
+        return 0;
+    int rc = replay_log(a, err);
+    if (rc == 0 && a->lock_depth > 0)
+        a->fresh = 1;
+    return rc;
+}
+
+static int replay_log(store_account *a, hv_err *err)
 {
     uint64_t lim_seg = UINT64_MAX, lim_off = UINT64_MAX;
     if (a->lock_depth == 0)
@@ -277,32 +325,9 @@ static int replay(store_account *a, hv_err *err)
         size_t n;
         enum log_next r;
         int rc = 0;
-        while ((r = log_reader_next(&lr, &f, &n)) == LOG_FRAME) {
-            store_record rec;
-            if (rec_decode(f + REC_FRAME_HDR, n - REC_FRAME_HDR, &rec, &a->scratch) < 0 ||
-                ix_apply(&a->ix, &rec, err) < 0) {
-                char why[600];
-                snprintf(why, sizeof(why), "%s",
-                         err && err->code ? err->msg : "malformed record");
-                rc = damaged(a, a->ix.seg, lr.off - n, why);
-                hv_err_set(err, rc, "account %s is damaged: log segment %llu offset %llu: %s",
-                           a->name, (unsigned long long)a->ix.seg,
-                           (unsigned long long)(lr.off - n), why);
+        while ((r = log_reader_next(&lr, &f, &n)) == LOG_FRAME)
+            if ((rc = apply_frame(a, f, n, err)) < 0)
                 break;
-            }
-            if (rec.type == STORE_REC_APPEND && rec.body)
-                inl_put(a, &rec.blob, a->ix.seg, lr.off - n, (uint32_t)n);
-            a->ix.last_seg = a->ix.seg;
-            a->ix.last_off = lr.off - n;
-            a->ix.off = lr.off;
-            /* A record that touched many messages (STORE 1:*, a big
-             * EXPUNGE) weighs more: the next open would replay it all. */
-            uint64_t span = 0;
-            for (size_t k = 0; k < rec.nranges && span < (1u << 24); k++)
-                span += rec.ranges[k].hi - rec.ranges[k].lo + 1u;
-            a->since_ckpt += 1 + (uint32_t)(span / 64);
-            stats.records_replayed++;
-        }
         uint64_t bad_off = lr.off, size = lr.size;
         log_reader_free(&lr);
         if (rc < 0)
@@ -493,8 +518,13 @@ int store_open(const char *dir, const char *name, int flags, const store_options
 {
     int rc;
     *out = NULL;
+    /* The lock file is made only after create_layout has made and synced
+     * every folder: where it exists, there is nothing left to create (and
+     * the 260 mkdirs of create_layout need not be paid at every open). */
+    char lockp[4200];
+    snprintf(lockp, sizeof(lockp), "%s/lock", dir);
     if ((flags & STORE_OPEN_CREATE) && !(flags & STORE_OPEN_READONLY) &&
-        (rc = create_layout(dir, err)) < 0)
+        access(lockp, F_OK) < 0 && (rc = create_layout(dir, err)) < 0)
         return rc;
     struct stat st;
     char p[4200];
@@ -644,15 +674,73 @@ int store_fenced(char *why, size_t len)
     return 1;
 }
 
+/* The account's own fence: ACCOUNT/fence, written by a move that is about
+ * to hand the account to another store (and left there once it has). */
+static int account_fence_read(const store_account *a, char *why, size_t len)
+{
+    char p[4200];
+    snprintf(p, sizeof(p), "%s/fence", a->dir);
+    int fd = open(p, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, why, len - 1);
+    close(fd);
+    why[n > 0 ? n : 0] = 0;
+    why[strcspn(why, "\r\n")] = 0;
+    if (!why[0])
+        snprintf(why, len, "the account is fenced");
+    return 1;
+}
+
+int store_account_fenced(store_account *a, char *why, size_t len)
+{
+    char tmp[256];
+    return account_fence_read(a, why && len ? why : tmp, why && len ? len : sizeof(tmp));
+}
+
+int store_account_fence(store_account *a, const char *why, hv_err *err)
+{
+    char p[4200];
+    snprintf(p, sizeof(p), "%s/fence", a->dir);
+    int rc = fs_write_file_atomic(p, why, strlen(why), 0644, err);
+    if (rc < 0)
+        return rc;
+    /* A writer that read "no fence" before the file existed holds the lock
+     * until its records are in the log: taking the lock once waits for it,
+     * and every later writer sees the fence (wr_begin checks under the
+     * lock). */
+    if ((rc = lock_take(a, err)) < 0)
+        return rc;
+    rc = replay(a, err);
+    lock_drop(a);
+    return rc;
+}
+
+int store_account_unfence(store_account *a, hv_err *err)
+{
+    char p[4200];
+    snprintf(p, sizeof(p), "%s/fence", a->dir);
+    if (unlink(p) < 0 && errno != ENOENT)
+        return hv_err_sys(err, "account %s: remove %s", a->name, p);
+    return fs_fsync_dir(a->dir, err);
+}
+
 static int wr_begin(store_account *a, hv_err *err)
 {
     if (a->flags & STORE_OPEN_READONLY)
         return hv_err_set(err, -EROFS, "account %s is open read-only", a->name);
-    char why[256];
-    if (!fence_bypass && store_fenced(why, sizeof(why)))
-        return hv_err_set(err, -EROFS, "account %s cannot be written here: %s", a->name, why);
+    /* The fences are checked under the lock, so that whoever fences and then
+     * takes the lock once knows no write that missed the fence is still on
+     * its way (switchover drains, moves ship a final delta). */
     int rc = lock_take(a, err);
-    if (rc == 0 && (rc = replay(a, err)) < 0)
+    if (rc < 0)
+        return rc;
+    char why[256];
+    if (!fence_bypass && (store_fenced(why, sizeof(why)) || account_fence_read(a, why, sizeof(why)))) {
+        lock_drop(a);
+        return hv_err_set(err, -EROFS, "account %s cannot be written here: %s", a->name, why);
+    }
+    if ((rc = replay(a, err)) < 0)
         lock_drop(a);
     return rc;
 }
@@ -697,7 +785,15 @@ static int wr_commit(store_account *a, const buf *b, int sync, hv_err *err)
             log_error("store: account=%s cannot cut failed write: %s", a->name, strerror(errno));
         return rc;
     }
-    rc = replay(a, err);
+    /* The frames now in the log are exactly b (we hold the lock and were
+     * caught up): apply them from memory rather than reading them back. */
+    for (size_t p = 0; rc == 0 && p < b->len;) {
+        size_t n = REC_FRAME_HDR + le32(b->data + p);
+        rc = apply_frame(a, b->data + p, n, err);
+        p += n;
+    }
+    if (rc == 0)
+        a->fresh = 1;
     if (rc == 0 && sync)
         durable_mark(a);
     return rc;
@@ -720,71 +816,88 @@ static int write_one(store_account *a, store_record *r, hv_err *err)
     return wr_commit(a, &a->wbuf, 1, err);
 }
 
-/* Reads the body of the inline append whose frame is at seg/off. */
+/* Where the inline body named id is in the log, if it is one: appended
+ * since the checkpoint (the hash) or before it (the checkpoint's INLB). */
+static int inl_find(const store_account *a, const store_blob_id *id, struct inline_ref *out)
+{
+    const struct inline_ref *r = inl_get(a, id);
+    if (r) {
+        *out = *r;
+        return 1;
+    }
+    const ix_inl *e = ix_inl_find(&a->ix, id);
+    if (!e)
+        return 0;
+    *out = (struct inline_ref){e->id, e->seg, e->off, e->len};
+    return 1;
+}
+
+/* Reads the body of the inline append whose frame is at seg/off: one
+ * pread of exactly that frame, whose CRC and blob id are checked. */
 static int inl_read(store_account *a, const struct inline_ref *r, char **out, size_t *len,
                     hv_err *err)
 {
-    char path[4200];
-    log_seg_path(a->logdir, r->seg, path, sizeof(path));
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return hv_err_sys(err, "account %s: open %s", a->name, path);
-    struct stat st;
-    fstat(fd, &st);
-    log_reader lr;
-    log_reader_init(&lr, fd, r->seg, r->off, (uint64_t)st.st_size);
-    const uint8_t *f;
-    size_t n;
-    store_record rec;
-    int rc = hv_err_set(err, -EUCLEAN, "account %s: inline body at segment %llu offset %llu "
-                                       "is unreadable", a->name, (unsigned long long)r->seg,
-                        (unsigned long long)r->off);
-    if (log_reader_next(&lr, &f, &n) == LOG_FRAME &&
-        rec_decode(f + REC_FRAME_HDR, n - REC_FRAME_HDR, &rec, &a->scratch) == 0 && rec.body &&
-        memcmp(rec.blob.b, r->id.b, 32) == 0) {
-        *out = malloc(rec.size + 1);
-        memcpy(*out, rec.body, (size_t)rec.size);
-        (*out)[rec.size] = 0;
-        *len = (size_t)rec.size;
-        rc = 0;
+    int fd = a->seg_fd;
+    if (fd < 0 || r->seg != a->ix.seg) {
+        char path[4200];
+        log_seg_path(a->logdir, r->seg, path, sizeof(path));
+        if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+            return hv_err_sys(err, "account %s: open %s", a->name, path);
     }
-    log_reader_free(&lr);
-    close(fd);
-    return rc;
+    uint8_t *f = r->len >= REC_FRAME_HDR + REC_BODY_HDR ? malloc((size_t)r->len + 1) : NULL;
+    ssize_t got = f ? fs_pread_full(fd, f, r->len, (off_t)r->off) : -1;
+    if (fd != a->seg_fd)
+        close(fd);
+    store_record rec;
+    uint32_t blen = r->len - REC_FRAME_HDR;
+    if (got == (ssize_t)r->len && le32(f) == blen &&
+        rec_crc(f, f + REC_FRAME_HDR, blen) == le32(f + 4) &&
+        rec_decode(f + REC_FRAME_HDR, blen, &rec, &a->scratch) == 0 && rec.body &&
+        memcmp(rec.blob.b, r->id.b, 32) == 0) {
+        size_t n = (size_t)rec.size;
+        memmove(f, rec.body, n);
+        f[n] = 0;
+        *out = (char *)f;
+        *len = n;
+        return 0;
+    }
+    free(f);
+    return hv_err_set(err, -EUCLEAN, "account %s: inline body at segment %llu offset %llu is "
+                                     "unreadable", a->name, (unsigned long long)r->seg,
+                      (unsigned long long)r->off);
 }
 
-/* Before a checkpoint says "everything up to here is in the index", the
- * blob files of inline appends up to here must exist and be durable: write
- * out the missing ones, then one syncfs for all. */
-static int inl_spill(store_account *a, hv_err *err)
+static int cmp_inl(const void *x, const void *y)
 {
-    if (!a->inl_n)
-        return 0;
-    for (size_t i = 0; i < a->inl_cap; i++) {
-        const struct inline_ref *r = &a->inl[i];
-        if (!r->len)
-            continue;
-        char path[4200];
-        struct stat st;
-        blob_path(a->dir, &r->id, path, sizeof(path));
-        char *body;
-        size_t len;
-        if (inl_read(a, r, &body, &len, err) < 0)
-            return err ? err->code : -EUCLEAN;
-        int rc = 0;
-        if (stat(path, &st) < 0 || (uint64_t)st.st_size != len)
-            rc = blob_put(a->dir, &r->id, body, len, err);
-        free(body);
-        if (rc < 0)
-            return rc;
+    return memcmp(((const ix_inl *)x)->id.b, ((const ix_inl *)y)->id.b, 32);
+}
+
+/* The checkpoint's INLB: its predecessor's entries and those since, by id
+ * (for a body stored again, the later place; either holds the same bytes). */
+static ix_inl *inl_merged(const store_account *a, size_t *n_out)
+{
+    ix_inl *fresh = malloc((a->inl_n ? a->inl_n : 1) * sizeof(ix_inl));
+    size_t nf = 0;
+    for (size_t i = 0; i < a->inl_cap; i++)
+        if (a->inl[i].len)
+            fresh[nf++] = (ix_inl){a->inl[i].id, a->inl[i].seg, a->inl[i].off, a->inl[i].len, 0};
+    qsort(fresh, nf, sizeof(ix_inl), cmp_inl);
+    const ix_inl *old = a->ix.inl;
+    size_t no = (size_t)a->ix.ninl, i = 0, j = 0, n = 0;
+    ix_inl *all = malloc((no + nf ? no + nf : 1) * sizeof(ix_inl));
+    while (i < no || j < nf) {
+        int c = i == no ? 1 : j == nf ? -1 : memcmp(old[i].id.b, fresh[j].id.b, 32);
+        if (c < 0) {
+            all[n] = old[i++];
+            all[n++].reserved = 0;
+        } else {
+            all[n++] = fresh[j++];
+            i += c == 0;
+        }
     }
-    int rc = 0;
-    int dfd = open(a->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd < 0 || syncfs(dfd) < 0)
-        rc = hv_err_sys(err, "account %s: sync blobs", a->name);
-    if (dfd >= 0)
-        close(dfd);
-    return rc;
+    free(fresh);
+    *n_out = n;
+    return all;
 }
 
 int store_checkpoint(store_account *a, hv_err *err)
@@ -797,9 +910,22 @@ int store_checkpoint(store_account *a, hv_err *err)
     fence_bypass = bypass;
     if (rc < 0)
         return rc;
-    rc = inl_spill(a, err);
-    if (rc == 0)
-        rc = ix_save(&a->ix, a->ckpt_path, err);
+    /* Inline bodies stay in the log, their only copy: the checkpoint says
+     * where each one is (INLB), so no blob file is ever needed for them. */
+    size_t ninl;
+    ix_inl *inl = inl_merged(a, &ninl);
+    uint64_t inl_at = 0;
+    rc = ix_save(&a->ix, inl, ninl, a->ckpt_path, &inl_at, err);
+    free(inl);
+    if (rc == 0) {
+        hv_err merr;
+        /* Without the new mapping the old entries and the hash still
+         * answer every lookup; the next checkpoint merges them again. */
+        if (ix_map_inl(&a->ix, a->ckpt_path, inl_at, ninl, &merr) == 0)
+            inl_clear(a);
+        else
+            log_warn("store: account=%s %s", a->name, merr.msg);
+    }
     if (rc == 0) {
         store_record r;
         rec_base(a, &r, STORE_REC_CHECKPOINT, 0, 0);
@@ -810,7 +936,6 @@ int store_checkpoint(store_account *a, hv_err *err)
          * loses nothing but the marker. */
         rc = wr_commit(a, &a->wbuf, 0, err);
         a->since_ckpt = 0;
-        inl_clear(a);
     }
     lock_drop(a);
     return rc;
@@ -1010,9 +1135,8 @@ static int append_small(store_account *a, uint32_t mailbox, const char *did, con
                         size_t len, uint64_t flags, int64_t internal_date, uint32_t *uid_out,
                         int *dup_out, hv_err *err)
 {
-    /* The body travels in the record: one write, one fdatasync. The
-     * blob file is written unsynced so readers find it at once; it is
-     * synced before the next checkpoint (inl_spill). */
+    /* The body travels in the record: one write, one fdatasync, and the
+     * log is its only copy (readers find it through inl_find). */
     store_record r;
     store_blob_id id;
     sha256(data, len, id.b);
@@ -1036,21 +1160,18 @@ static int append_small(store_account *a, uint32_t mailbox, const char *did, con
     if (m->uidnext == UINT32_MAX)
         return wr_end(a, hv_err_set(err, -EOVERFLOW, "mailbox %s has used every uid", m->name),
                       err);
-    rc = blob_put(a->dir, &id, data, len, err);
-    if (rc == 0) {
-        rec_base(a, &r, STORE_REC_APPEND, mailbox, 0);
-        r.uid = m->uidnext;
-        r.flags = flags;
-        r.internal_date = internal_date;
-        r.size = len;
-        r.blob = id;
-        r.body = data;
-        r.delivery_id = did;
-        r.delivery_id_len = did ? strlen(did) : 0;
-        rc = write_one(a, &r, err);
-        if (rc == 0 && uid_out)
-            *uid_out = r.uid;
-    }
+    rec_base(a, &r, STORE_REC_APPEND, mailbox, 0);
+    r.uid = m->uidnext;
+    r.flags = flags;
+    r.internal_date = internal_date;
+    r.size = len;
+    r.blob = id;
+    r.body = data;
+    r.delivery_id = did;
+    r.delivery_id_len = did ? strlen(did) : 0;
+    rc = write_one(a, &r, err);
+    if (rc == 0 && uid_out)
+        *uid_out = r.uid;
     return wr_end(a, rc, err);
 }
 
@@ -1061,7 +1182,11 @@ int store_batch_begin(store_account *a, store_batch **out, hv_err *err)
         return rc;
     store_batch *b = calloc(1, sizeof(*b));
     b->a = a;
-    buf_init(&b->frames);
+    /* The account's write buffer, kept between writes (its pages stay
+     * mapped: deliveries of big bodies come one batch after another). */
+    b->frames = a->wbuf;
+    buf_init(&a->wbuf);
+    buf_reset(&b->frames);
     *out = b;
     return 0;
 }
@@ -1166,8 +1291,6 @@ int store_batch_add_once(store_batch *b, uint32_t mailbox, const char *delivery_
         /* Deliveries are small and want one fdatasync for the lot: the
          * bodies ride in their records, as in store_append. */
         sha256(data, len, id.b);
-        if ((rc = blob_put(a->dir, &id, data, len, err)) < 0)
-            return rc;
         body = data;
     } else {
         if ((rc = blob_write(a->dir, data, len, &id, 0, err)) < 0)
@@ -1184,6 +1307,10 @@ int store_batch_add_once(store_batch *b, uint32_t mailbox, const char *delivery_
 static void batch_free(store_batch *b)
 {
     free(b->dids);
+    if (b->a->wbuf.cap == 0 && b->frames.cap <= (8u << 20)) {
+        b->a->wbuf = b->frames; /* back to the account, for the next write */
+        buf_init(&b->frames);
+    }
     buf_free(&b->frames);
     free(b->next_uid);
     free(b->blobs);
@@ -1638,23 +1765,45 @@ int store_changes_since(store_account *a, uint64_t since, store_record_cb cb, vo
     return rc < 0 ? rc : 0;
 }
 
+/* An fd reading as the bytes given, from offset 0: an inline body for
+ * callers that want a file (they read it, or pread from 0). */
+static int memfd_of(const char *data, size_t len)
+{
+    int fd = memfd_create("haven-blob", MFD_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    if (fs_pwrite_full(fd, data, len, 0) < 0) {
+        int rc = -errno;
+        close(fd);
+        return rc ? rc : -EIO;
+    }
+    return fd;
+}
+
 int store_blob_open(store_account *a, const store_blob_id *id, int *fd_out, uint64_t *size_out,
                     hv_err *err)
 {
+    struct inline_ref r;
+    if (inl_find(a, id, &r)) {
+        /* Its only copy is in the log. */
+        char *body;
+        size_t len;
+        if (inl_read(a, &r, &body, &len, err) < 0)
+            return err ? err->code : -EUCLEAN;
+        int fd = memfd_of(body, len);
+        free(body);
+        if (fd < 0) {
+            errno = -fd;
+            return hv_err_sys(err, "account %s: memfd for an inline body", a->name);
+        }
+        *fd_out = fd;
+        if (size_out)
+            *size_out = len;
+        return 0;
+    }
     char path[4200];
     blob_path(a->dir, id, path, sizeof(path));
     int fd = open(path, O_RDONLY | O_CLOEXEC);
-    const struct inline_ref *r;
-    if (fd < 0 && errno == ENOENT && (r = inl_get(a, id))) {
-        /* Not written out yet: do it now from the log. */
-        char *body;
-        size_t len;
-        if (inl_read(a, r, &body, &len, err) < 0)
-            return err ? err->code : -EUCLEAN;
-        blob_put(a->dir, id, body, len, NULL);
-        free(body);
-        fd = open(path, O_RDONLY | O_CLOEXEC);
-    }
     if (fd < 0)
         return hv_err_sys(err, "account %s: blob %s", a->name, path);
     struct stat st;
@@ -1704,6 +1853,9 @@ static int inl_search(store_account *a, const store_blob_id *id, char **out, siz
 int store_blob_read(store_account *a, const store_blob_id *id, char **out, size_t *len,
                     hv_err *err)
 {
+    struct inline_ref ir;
+    if (inl_find(a, id, &ir) && inl_read(a, &ir, out, len, NULL) == 0)
+        return 0; /* an inline body: the log is its only copy */
     char path[4200];
     blob_path(a->dir, id, path, sizeof(path));
     hv_err ferr = {0};
@@ -1716,9 +1868,9 @@ int store_blob_read(store_account *a, const store_blob_id *id, char **out, size_
         free(*out);
         *out = NULL;
     }
-    /* Missing or wrong: an inline append may hold the body in the log. */
-    const struct inline_ref *r = inl_get(a, id);
-    if ((r && inl_read(a, r, out, len, NULL) == 0) || inl_search(a, id, out, len) == 0) {
+    /* Missing or wrong: an inline append anywhere in the log may hold the
+     * body (a file written by an older version, before a checkpoint). */
+    if (inl_search(a, id, out, len) == 0) {
         if (rc == 0) /* the file was there but wrong: mend it */
             blob_put(a->dir, id, *out, *len, NULL);
         return 0;
@@ -1880,4 +2032,45 @@ int store_apply_frames(store_account *a, const void *frames, size_t len, hv_err 
         rc = wr_commit(a, &b, 1, err);
     }
     return wr_end(a, rc, err);
+}
+
+/* ---- for other processes: replication ---- */
+
+int store_account_barrier(const char *acct_dir, int wait, hv_err *err)
+{
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/lock", acct_dir);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT ? 0 : hv_err_sys(err, "open %s", path);
+    int rc = 0;
+    while (flock(fd, LOCK_EX | (wait ? 0 : LOCK_NB)) < 0) {
+        if (errno == EWOULDBLOCK && !wait) {
+            rc = -EWOULDBLOCK;
+            break;
+        }
+        if (errno != EINTR) {
+            rc = hv_err_sys(err, "lock %s", path);
+            break;
+        }
+    }
+    close(fd); /* lets go of the lock */
+    return rc;
+}
+
+int store_durable_end(const char *acct_dir, uint64_t *seg, uint64_t *off)
+{
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/log/" DURABLE_FILE, acct_dir);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    uint8_t m[20];
+    ssize_t n = pread(fd, m, sizeof(m), 0);
+    close(fd);
+    if (n != (ssize_t)sizeof(m) || crc32c(0, m, 16) != le32(m + 16))
+        return -EUCLEAN;
+    *seg = le64(m);
+    *off = le64(m + 8);
+    return 0;
 }

@@ -31,7 +31,8 @@
 #include "store/store_internal.h"
 
 #define IX_MAGIC "HAVENIDX"
-#define IX_VERSION 3
+#define IX_VERSION 4     /* 4: the INLB section; 3 (no INLB) is still read */
+#define IX_VERSION_MIN 3
 #define IX_HDR 104
 #define TAG(a, b, c, d) ((uint32_t)(a) | (uint32_t)(b) << 8 | (uint32_t)(c) << 16 | (uint32_t)(d) << 24)
 #define TAG_KWDS TAG('K', 'W', 'D', 'S')
@@ -39,6 +40,8 @@
 #define TAG_SETT TAG('S', 'E', 'T', 'T')
 #define TAG_MBOX TAG('M', 'B', 'O', 'X')
 #define TAG_DIDS TAG('D', 'I', 'D', 'S')
+#define TAG_INLB TAG('I', 'N', 'L', 'B')
+_Static_assert(sizeof(ix_inl) == 56, "INLB entries are 56 bytes on disk");
 #define TAG_END TAG('E', 'N', 'D', '!')
 
 /* ---- digest ---- */
@@ -191,6 +194,8 @@ void ix_free(store_index *ix)
     free(ix->dids);
     if (ix->map)
         munmap(ix->map, ix->maplen);
+    if (ix->inl_map)
+        munmap(ix->inl_map, ix->inl_maplen);
     ix_init(ix);
 }
 
@@ -528,14 +533,15 @@ static size_t section_begin(buf *b, uint32_t tag)
 
 static void section_end(buf *b, size_t start) { st64(b->data + start - 8, b->len - start); }
 
-int ix_save(const store_index *ix, const char *path, hv_err *err)
+int ix_save(const store_index *ix, const ix_inl *inl, size_t ninl, const char *path,
+            uint64_t *inl_at, hv_err *err)
 {
     buf b;
     buf_init(&b);
     size_t msgs = 0;
     for (size_t i = 0; i < ix->nmb; i++)
         msgs += ix->mb[i]->n;
-    buf_reserve(&b, IX_HDR + msgs * 68 + 4096);
+    buf_reserve(&b, IX_HDR + msgs * 68 + ninl * sizeof(ix_inl) + 4096);
     buf_append(&b, IX_MAGIC, 8);
     buf_put_u32(&b, IX_VERSION);
     buf_put_u32(&b, 0);
@@ -578,6 +584,17 @@ int ix_save(const store_index *ix, const char *path, hv_err *err)
         }
         section_end(&b, s);
     }
+    /* Where inline bodies are in the log: read in place from the mapping,
+     * so the entries start on an 8-byte boundary of the file. */
+    s = section_begin(&b, TAG_INLB);
+    buf_put_u64(&b, ninl);
+    while (b.len % 8)
+        buf_put_u8(&b, 0);
+    if (inl_at)
+        *inl_at = b.len;
+    if (ninl)
+        buf_append(&b, inl, ninl * sizeof(ix_inl));
+    section_end(&b, s);
     for (size_t i = 0; i < ix->nmb; i++) {
         const ix_mbox *m = ix->mb[i];
         s = section_begin(&b, TAG_MBOX);
@@ -678,7 +695,7 @@ int ix_load(store_index *ix, const char *path, hv_err *err)
     if (map == MAP_FAILED)
         return hv_err_sys(err, "mmap %s", path);
     const uint8_t *p = map;
-    if (memcmp(p, IX_MAGIC, 8) != 0 || le32(p + 8) != IX_VERSION) {
+    if (memcmp(p, IX_MAGIC, 8) != 0 || le32(p + 8) < IX_VERSION_MIN || le32(p + 8) > IX_VERSION) {
         munmap(map, len);
         return hv_err_set(err, -EUCLEAN, "index %s: not a Haven index checkpoint (version)", path);
     }
@@ -757,6 +774,21 @@ int ix_load(store_index *ix, const char *path, hv_err *err)
         case TAG_MBOX:
             ok = load_mbox(ix, &s) == 0;
             break;
+        case TAG_INLB: {
+            uint64_t n = rd_u64(&s);
+            size_t pad = (size_t)((8 - ((uintptr_t)s.p & 7)) & 7);
+            if (!s.ok || ix->inl || s.left < pad || n > (s.left - pad) / sizeof(ix_inl) ||
+                n * sizeof(ix_inl) != s.left - pad) {
+                ok = 0;
+                break;
+            }
+            rd_bytes(&s, pad);
+            ix->inl = n ? (const ix_inl *)rd_bytes(&s, (size_t)n * sizeof(ix_inl)) : NULL;
+            ix->ninl = n;
+            for (uint64_t i = 1; ok && i < n; i++)
+                ok = memcmp(ix->inl[i - 1].id.b, ix->inl[i].id.b, 32) < 0;
+            break;
+        }
         case TAG_DIDS:
             if (s.left % 16 || s.left / 16 > STORE_DELIVERY_IDS_KEPT || ix->ndids) {
                 ok = 0;
@@ -778,6 +810,50 @@ int ix_load(store_index *ix, const char *path, hv_err *err)
     }
     mbox_sort(ix);
     return 0;
+}
+
+int ix_map_inl(store_index *ix, const char *path, uint64_t at, uint64_t ninl, hv_err *err)
+{
+    void *map = NULL;
+    size_t len = 0;
+    if (ninl) {
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            return hv_err_sys(err, "open %s", path);
+        struct stat st;
+        if (fstat(fd, &st) < 0 || (uint64_t)st.st_size < at + ninl * sizeof(ix_inl)) {
+            close(fd);
+            return hv_err_set(err, -EUCLEAN, "index %s: shorter than just written", path);
+        }
+        len = (size_t)st.st_size;
+        map = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, 0);
+        close(fd);
+        if (map == MAP_FAILED)
+            return hv_err_sys(err, "mmap %s", path);
+    }
+    if (ix->inl_map)
+        munmap(ix->inl_map, ix->inl_maplen);
+    ix->inl_map = map;
+    ix->inl_maplen = len;
+    ix->inl = map ? (const ix_inl *)((const uint8_t *)map + at) : NULL;
+    ix->ninl = ninl;
+    return 0;
+}
+
+const ix_inl *ix_inl_find(const store_index *ix, const store_blob_id *id)
+{
+    uint64_t lo = 0, hi = ix->ninl;
+    while (lo < hi) {
+        uint64_t mid = lo + (hi - lo) / 2;
+        int c = memcmp(ix->inl[mid].id.b, id->b, 32);
+        if (c == 0)
+            return &ix->inl[mid];
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return NULL;
 }
 
 /* ---- comparison (verify) ---- */

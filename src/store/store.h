@@ -175,10 +175,9 @@ int store_mailbox_delete(store_account *a, uint32_t id, hv_err *err);
 /* --- messages --- */
 /* Stores the body (once per account) and appends it to a mailbox.
  * A message of up to STORE_INLINE_MAX bytes travels inside its log record,
- * so one fdatasync makes it durable; its blob file is written out unsynced
- * and made durable (syncfs) before the next index checkpoint, and until
- * then reads fall back to the copy in the log. Larger ones: blob synced,
- * then record. */
+ * so one fdatasync makes it durable, and the log is its only copy (no blob
+ * file; the index checkpoint says where such bodies are). Larger ones:
+ * blob synced, then record. */
 #define STORE_INLINE_MAX (128u << 10)
 int store_append(store_account *a, uint32_t mailbox, const void *data, size_t len,
                  uint64_t flags, int64_t internal_date, uint32_t *uid_out, hv_err *err);
@@ -263,7 +262,9 @@ typedef int (*store_record_cb)(void *ctx, const store_record *r);
 int store_changes_since(store_account *a, uint64_t since, store_record_cb cb, void *ctx,
                         hv_err *err);
 
-/* Opens a blob for reading; returns an fd (caller closes) and its size. */
+/* Opens a blob for reading; returns an fd (caller closes) and its size,
+ * reading from offset 0 (for a body kept in the log, a memfd holding a
+ * copy of it). */
 int store_blob_open(store_account *a, const store_blob_id *id, int *fd_out, uint64_t *size_out,
                     hv_err *err);
 /* Reads a whole blob into a malloc'd buffer (small messages, tests). */
@@ -313,6 +314,17 @@ void store_set_fence(const char *path);
 /* 1 when fenced now (why gets the reason), else 0. */
 int store_fenced(char *why, size_t len);
 
+/* One account's fence (ACCOUNT/fence): a move writes it before shipping
+ * its final delta, so the account is written nowhere while the directory
+ * flips, and leaves it once the account lives elsewhere. Writes check it
+ * under the account lock; store_account_fence takes that lock once after
+ * writing the file, so on return no write that missed the fence is still
+ * in flight. Replicas and moves applying frames are not stopped by it. */
+int store_account_fence(store_account *a, const char *why, hv_err *err);
+int store_account_unfence(store_account *a, hv_err *err);
+/* 1 when fenced (why gets the reason when not NULL), else 0. */
+int store_account_fenced(store_account *a, char *why, size_t len);
+
 /* --- offline tools (haven verify / reconstruct) --- */
 typedef void (*store_report_cb)(void *ctx, const char *problem);
 /* Checks every CRC, every blob hash and the index against the log; reports
@@ -331,6 +343,14 @@ int store_account_dir(const char *data_dir, const char *address, char *out, size
 /* How many accounts DATA holds (folders DATA/accounts/DOMAIN/LOCALPART;
  * names starting with '.' are work in progress). -errno if unreadable. */
 long store_account_count(const char *data_dir);
+
+/* Takes the account's write lock once and lets go (an exclusive flock on
+ * ACCOUNT/lock), waiting for a writer that holds it when wait is set;
+ * without wait, -EWOULDBLOCK when one does. Writers check the fences
+ * under that lock, so after a fence is written one barrier per account
+ * means every write that got past the check is in the log. 0 at once
+ * when the account has no lock file (never opened for writing). */
+int store_account_barrier(const char *acct_dir, int wait, hv_err *err);
 
 /* Counters for tests and benchmarks (process-wide). */
 typedef struct store_stats {

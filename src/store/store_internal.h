@@ -49,6 +49,10 @@ typedef struct seg_list {
 
 int log_list_segments(const char *logdir, seg_list *out, hv_err *err);
 void log_seg_path(const char *logdir, uint64_t no, char *out, size_t outlen);
+/* The end of the log that the last synced commit made durable (the
+ * account's log/durable mark, account.c), for readers in other processes:
+ * a record ending at or before it is on disk. -ENOENT without a mark. */
+int store_durable_end(const char *acct_dir, uint64_t *seg, uint64_t *off);
 /* Creates segment no with its header, durable (file and folder synced). */
 int log_seg_create(const char *logdir, uint64_t no, uint64_t base_modseq, hv_err *err);
 /* Checks a segment header; fills base_modseq. */
@@ -117,6 +121,16 @@ typedef struct ix_did {
     uint32_t mailbox, uid;
 } ix_did;
 
+/* Where an inline append's body is in the log: the frame of the
+ * APPEND_INLINE record carrying it (the INLB section of the checkpoint,
+ * sorted by blob id; 56 bytes, used in place from the mapping). */
+typedef struct ix_inl {
+    store_blob_id id;
+    uint64_t seg, off;
+    uint32_t len; /* the whole frame */
+    uint32_t reserved;
+} ix_inl;
+
 typedef struct store_index {
     ix_mbox **mb; /* sorted by name */
     size_t nmb;
@@ -138,6 +152,12 @@ typedef struct store_index {
     uint32_t ndids, dids_cap, did_head;
     void *map; /* the checkpoint the arrays may point into */
     size_t maplen;
+    /* Inline bodies up to the checkpoint, sorted by id: in map, or in
+     * inl_map (the checkpoint this process wrote since it loaded map). */
+    const ix_inl *inl;
+    uint64_t ninl;
+    void *inl_map;
+    size_t inl_maplen;
 } store_index;
 
 void ix_init(store_index *ix);
@@ -153,7 +173,15 @@ void ix_digest_final(const store_index *ix, uint8_t out[32]);
 uint64_t ix_did_hash(const char *id, size_t len);
 void ix_did_add(store_index *ix, uint64_t hash, uint32_t mailbox, uint32_t uid);
 const ix_did *ix_did_find(const store_index *ix, uint64_t hash);
-int ix_save(const store_index *ix, const char *path, hv_err *err);
+/* Writes the checkpoint, with inl[ninl] (sorted by id) as its INLB
+ * section; *inl_at gets the file offset of inl[0] (for ix_map_inl). */
+int ix_save(const store_index *ix, const ix_inl *inl, size_t ninl, const char *path,
+            uint64_t *inl_at, hv_err *err);
+/* Points ix->inl at the ninl entries at offset at of the checkpoint at
+ * path (just written by ix_save), mapped; the previous ones are let go. */
+int ix_map_inl(store_index *ix, const char *path, uint64_t at, uint64_t ninl, hv_err *err);
+/* The entry for id among ix->inl, or NULL. */
+const ix_inl *ix_inl_find(const store_index *ix, const store_blob_id *id);
 /* Loads a checkpoint; -EUCLEAN (with reason) when damaged, -ENOENT if absent. */
 int ix_load(store_index *ix, const char *path, hv_err *err);
 /* Compares two indexes; reports differences; returns their number. */
