@@ -63,13 +63,14 @@ static const haven_command commands[] = {
      "Manage the domains this instance hosts. 'del' is refused while the domain\n"
      "still has accounts or aliases."},
     {"store", 1, 1, cmd_store,
-     "store add NAME ADDRESS [--replica]\n"
+     "store add NAME ADDRESS [--replica] [--lmtp H:P] [--repl H:P]\n"
      "store list\n"
      "store show NAME\n"
-     "store address NAME ADDRESS",
-     "Name the stores accounts live on and say where each one's IMAP service is\n"
-     "(host:port): the proxy relays each login to its account's store there.\n"
-     "Epochs and roles change with 'promote', not by hand."},
+     "store address NAME [ADDRESS] [--lmtp H:P] [--repl H:P]",
+     "Name the stores accounts live on and say where each one's services are\n"
+     "(host:port): IMAP (ADDRESS; the proxy relays each login there), lmtp (the\n"
+     "queue of every node delivers the store's mail there) and repl (where 'move'\n"
+     "streams accounts to it). Epochs and roles change with 'promote', not by hand."},
     {"alias", 1, 1, cmd_alias,
      "alias add ADDRESS TARGET\n"
      "alias del ADDRESS\n"
@@ -133,8 +134,20 @@ static const haven_command commands[] = {
      "ships everything, and hands over (no loss). Without it, a failover. The old\n"
      "primary, seeing the newer epoch, stops writing and rejoins as a replica.\n"
      "See docs/replication.md."},
-    {"move", 1, 0, NULL, "move ACCOUNT --to STORE",
-     "Move an account to another store while it stays in use."},
+    {"move", 1, 0, cmd_move,
+     "move ACCOUNT --to STORE [--freeze-records N] [-v]\n"
+     "move --from STORE --to STORE [--slots N] [-v]\n"
+     "move --status",
+     "Run on the node of the account's store. Moves the account to STORE while it\n"
+     "stays in use: streams its log and blobs to STORE's repl service (its repl\n"
+     "address in the directory) in rounds, then freezes it for a moment (state\n"
+     "'moving': new mail is held, sessions reconnect), ships the rest, compares\n"
+     "digests, flips the directory and releases the held mail. If STORE holds an\n"
+     "older copy only the difference moves. Run again after a crash, it goes on;\n"
+     "a failure rolls back to the source and says why. --from evacuates a whole\n"
+     "store, N accounts at a time and one per slot: owners who tried to log in\n"
+     "first, then smaller before larger; run it again to resume. --status shows\n"
+     "the moves and evacuations run here (DATA/moves). See docs/move.md."},
     {"backup", 1, 0, NULL, "backup",
      "Incremental, per-account backup of new log segments and blobs."},
     {"restore", 1, 0, NULL, "restore",

@@ -31,6 +31,7 @@ int cmd_status(haven_ctx *ctx, int argc, char **argv);      /* haven_status.c */
 int cmd_replcheck(haven_ctx *ctx, int argc, char **argv);   /* haven_replcheck.c */
 int cmd_queue(haven_ctx *ctx, int argc, char **argv);       /* haven_queue.c */
 int cmd_promote(haven_ctx *ctx, int argc, char **argv);     /* haven_promote.c */
+int cmd_move(haven_ctx *ctx, int argc, char **argv);        /* haven_move.c */
 
 /* Prints "haven: <reason>" to stderr and returns 1 (for one-line failures). */
 int cmd_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

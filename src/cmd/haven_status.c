@@ -15,6 +15,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -90,6 +91,62 @@ static int admin_ask(int fd, const char *cmd, buf *reply, hv_err *err)
 }
 
 
+/* Account moves and evacuations run from this node that are not done
+ * (DATA/moves, docs/move.md): phase, bytes, ETA. */
+static void print_moves(const conf *c)
+{
+    char data[4096], path[4400];
+    conf_path(c, "data_dir", data, sizeof(data));
+    snprintf(path, sizeof(path), "%s/moves", data);
+    DIR *dd = opendir(path);
+    if (!dd)
+        return;
+    int header = 0;
+    struct dirent *de;
+    while ((de = readdir(dd))) {
+        size_t n = strlen(de->d_name);
+        int is_evac = n > 6 && strcmp(de->d_name + n - 6, ".state") == 0;
+        if (!is_evac && !(n > 5 && strcmp(de->d_name + n - 5, ".move") == 0))
+            continue;
+        char fp[4700], *text;
+        size_t len;
+        hv_err err = {0};
+        snprintf(fp, sizeof(fp), "%s/%s", path, de->d_name);
+        if (fs_read_file(fp, &text, &len, &err) < 0)
+            continue;
+        /* Finished moves are history (haven move --status); an evacuation
+         * is shown until every account is done. */
+        int finished = is_evac ? 0 : strstr(text, "\nphase=done\n") != NULL;
+        if (is_evac) {
+            unsigned long long t = 0, d = 0, f = 0, sk = 0;
+            const char *p;
+            if ((p = strstr(text, "accounts_total=")))
+                t = strtoull(p + 15, NULL, 10);
+            if ((p = strstr(text, "accounts_done=")))
+                d = strtoull(p + 14, NULL, 10);
+            if ((p = strstr(text, "accounts_failed=")))
+                f = strtoull(p + 16, NULL, 10);
+            if ((p = strstr(text, "accounts_skipped=")))
+                sk = strtoull(p + 17, NULL, 10);
+            finished = d + f + sk >= t;
+        }
+        if (!finished) {
+            if (!header++)
+                printf("moves:\n");
+            printf("  %s", is_evac ? "evacuation" : "move");
+            for (char *p = text; *p;) {
+                size_t l = strcspn(p, "\n");
+                if (l && !(l == 7 && strncmp(p, "reason=", 7) == 0))
+                    printf(" %.*s", (int)l, p);
+                p += l + (p[l] == '\n');
+            }
+            printf("\n");
+        }
+        free(text);
+    }
+    closedir(dd);
+}
+
 int cmd_status(haven_ctx *ctx, int argc, char **argv)
 {
     (void)argv;
@@ -130,6 +187,8 @@ int cmd_status(haven_ctx *ctx, int argc, char **argv)
             }
             buf_free(&rs);
         }
+        if (!failed)
+            print_moves(ctx->conf);
         return failed ? cmd_fail("havend refused 'status'") : 0;
     }
 

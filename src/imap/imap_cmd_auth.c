@@ -174,12 +174,32 @@ static void do_login(imap_session *s, const char *user_in, const char *pass)
                  why);
         return;
     }
+    const char *here = conf_get(s->srv->conf, "store_name");
+    if (strcmp(acc.store, here) != 0) {
+        /* Served by another store (the proxy knows where): never open or
+         * create a copy here. */
+        log_info("imap: session=%s user=%s login refused reason=\"account lives on store %s, "
+                 "this is %s\"", s->id, user, acc.store, here);
+        imap_out(s, "%s NO [UNAVAILABLE] Your mailbox is served by another server; connect "
+                 "through the proxy\r\n", s->tag);
+        return;
+    }
     imap_account *a = imap_account_get(s->srv, user, &err);
     if (!a) {
         log_error("imap: session=%s user=%s store unavailable: %s", s->id, user, err.msg);
         imap_out(s, "%s NO [UNAVAILABLE] %s\r\n", s->tag,
                  err.code == -EUCLEAN ? "Your mailbox needs repair; the operators are told"
                                       : "Your mailbox is unavailable; try again later");
+        return;
+    }
+    char fence_why[256];
+    if (store_account_fenced(a->st, fence_why, sizeof(fence_why))) {
+        /* Moved (or being moved) to another store: the copy here is no
+         * longer the account's truth. */
+        imap_account_put(s->srv, a);
+        log_info("imap: session=%s user=%s login refused reason=\"%s\"", s->id, user, fence_why);
+        imap_out(s, "%s NO [UNAVAILABLE] Your mailbox is not served here now (%s); please try "
+                 "again\r\n", s->tag, fence_why);
         return;
     }
     clear_failures(s->srv, s->peer);

@@ -599,6 +599,18 @@ static void process_input(imap_session *s)
             send_out(s);
             continue;
         }
+        char fence_why[256];
+        if (s->acct && store_account_fenced(s->acct->st, fence_why, sizeof(fence_why))) {
+            /* The account is being moved or has moved to another store:
+             * end the session so the client reconnects (through the proxy,
+             * to wherever the account lives once the move commits). */
+            log_info("imap: session=%s user=%s closed reason=\"%s\"", s->id, s->user, fence_why);
+            imap_out(s, "* BYE [UNAVAILABLE] %s; please reconnect\r\n", fence_why);
+            imap_parser_reset(s->parser);
+            s->closing = 1;
+            send_out(s);
+            break;
+        }
         s->bad_count = 0;
         s->cmd = c;
         s->def = def;

@@ -245,6 +245,18 @@ static int load_cfg(const conf *c, repl_cfg *cfg, hv_err *err)
     return rc;
 }
 
+int repl_load_cfg(const conf *c, repl_cfg *cfg, hv_err *err) { return load_cfg(c, cfg, err); }
+
+void repl_cfg_free(repl_cfg *cfg)
+{
+    if (cfg->server_ssl)
+        SSL_CTX_free(cfg->server_ssl);
+    if (cfg->client_ssl)
+        SSL_CTX_free(cfg->client_ssl);
+    cfg->server_ssl = cfg->client_ssl = NULL;
+    memset(cfg->secret, 0, sizeof(cfg->secret));
+}
+
 /* ---- roles, epochs, fencing ----
  *
  * DATA/repl-state says which role this node plays and at which epoch:
@@ -612,6 +624,11 @@ static void serve_one(int fd)
             if (rc < 0)
                 buf_printf(&o, "error: %s\n", err.msg);
         }
+    } else if (strcmp(line, "metrics") == 0) {
+        if (ctl.is_primary)
+            repl_primary_metrics(&o);
+        else
+            repl_replica_metrics(&o);
     } else if (strcmp(line, "promote") == 0) {
         promote(&o);
     } else if (strcmp(line, "role") == 0) {

@@ -40,4 +40,38 @@ void repl_wait_path(const conf *c, char *out, size_t len);
  * none; replcheck takes as long as the accounts take). */
 int repl_ctl_ask(const conf *c, const char *cmd, buf *reply, int timeout_ms, hv_err *err);
 
+/* ---- account moves (repl_move.c, docs/move.md) ----
+ *
+ * repl_move_account moves one account from this node's store to another
+ * store, live: it dials the target's repl service (the store's
+ * repl_address in the directory) as a "mover", streams the account's log
+ * and blobs in rounds while the owner keeps using it, then freezes it
+ * (directory state "moving": the queue holds new mail; the account's fence
+ * here stops writers and ends IMAP sessions), ships the last delta,
+ * compares digests, has the target take the account, and flips the
+ * directory (store and state in one transaction). Run it again after a
+ * crash and it goes on from what the target holds; a failure before the
+ * flip rolls back to the source and says why. Progress goes to
+ * DATA/moves/ACCOUNT.move (key=value lines, docs/move.md). */
+typedef struct repl_move_opts {
+    const char *account;
+    const char *to;              /* target store name */
+    uint64_t freeze_records;     /* freeze once a round leaves at most this many (0: 500) */
+    int verbose;                 /* progress lines on stderr */
+} repl_move_opts;
+
+typedef struct repl_move_result {
+    int already;                 /* 1: the directory had it on the target already */
+    uint64_t bytes_sent, records_sent, modseq;
+    int rounds;
+    int64_t freeze_ms, total_ms;
+} repl_move_result;
+
+int repl_move_account(const conf *c, const repl_move_opts *o, repl_move_result *res,
+                      hv_err *err);
+
+/* Bytes an account takes on disk (log and blobs): the move's progress
+ * total. 0 when it has no folder here. */
+uint64_t repl_move_account_bytes(const conf *c, const char *account);
+
 #endif

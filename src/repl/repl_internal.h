@@ -45,6 +45,16 @@ typedef struct repl_cfg {
     char fence_path[4200];
 } repl_cfg;
 
+/* The replication settings of c (secret, TLS contexts, limits), for the
+ * service and for `haven move`, which dials a store's repl service as a
+ * mover. repl_cfg_free releases the contexts. */
+int repl_load_cfg(const conf *c, repl_cfg *cfg, hv_err *err);
+void repl_cfg_free(repl_cfg *cfg);
+
+/* Account moves, target side (repl_move.c): a link whose peer said it is a
+ * mover gets its own thread that applies the one account it streams. */
+void repl_move_target_start(repl_cfg *cfg, repl_link *l);
+
 /* Role changes (repl.c). After one, the service restarts itself in its
  * new role (it returns and havend starts it again). */
 /* Writes DATA/fence (why) and DATA/repl-state (replica at epoch), durably,
@@ -80,6 +90,9 @@ uint64_t repl_replica_peer_epoch(void);
 int repl_primary_start(repl_cfg *cfg, int fd_listen, hv_err *err);
 void repl_primary_stop(void);
 void repl_primary_status(buf *out);
+/* The "metrics" command: the same numbers, one "KIND key=value ..." line
+ * per node, link and lagging account, for the http service. */
+void repl_primary_metrics(buf *out);
 /* Writes the replcheck report for one account (NULL: all) into out;
  * returns how many accounts differ (>= 0) or -errno. */
 int repl_primary_replcheck(const char *account, buf *out, hv_err *err);
@@ -93,6 +106,7 @@ int repl_primary_wait(const char *account, uint64_t modseq, char *why, size_t wh
 int repl_replica_start(repl_cfg *cfg, hv_err *err);
 void repl_replica_stop(void);
 void repl_replica_status(buf *out);
+void repl_replica_metrics(buf *out);
 
 /* Shared helpers (repl.c). */
 /* CRC of the record with this modseq (0 when modseq is 0); -ENOENT when
@@ -113,5 +127,17 @@ int repl_tail_read(const char *acct_dir, uint64_t seg, uint64_t off, uint64_t si
  * that is not 0): whatever a reader saw before the call is durable after
  * it, so a replica never holds a record the primary could still lose. */
 int repl_sync_log(const char *acct_dir, uint64_t hint_seg, hv_err *err);
+/* What one pass over an account's log knows of what is durable. */
+typedef struct repl_durable {
+    uint64_t seg, off;     /* the store's durable mark, once looked at */
+    uint64_t synced_seg;   /* a segment this pass fdatasynced (0 none) */
+    int looked;
+} repl_durable;
+/* Before a record ending at (seg, end) is shipped: makes sure it is
+ * durable. Cheap when the writer's own sync covered it (the store's
+ * durable mark says so); else one fdatasync of its segment, which covers
+ * every record written before the pass began. */
+int repl_make_durable(const char *acct_dir, uint64_t seg, uint64_t end, repl_durable *d,
+                      hv_err *err);
 
 #endif

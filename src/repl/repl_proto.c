@@ -14,6 +14,7 @@ static const char *const type_names[] = {
     "?",     "HELLO", "AUTH", "ACCOUNT", "POSITION", "BLOB",       "FRAMES", "ACK",
     "ERROR", "PING",  "PONG", "DIGEST_REQ", "DIGEST", "CRCS_REQ", "CRCS",
     "EPOCH", "SWITCHOVER", "SWITCHED", "REJOIN", "SALVAGE", "SALVAGE_END", "SALVAGE_OK",
+    "MOVE_RESET", "MOVE_COMMIT", "MOVE_DONE",
 };
 
 const char *repl_msg_type_name(int type)
@@ -157,7 +158,7 @@ int repl_msg_decode(uint8_t type, const uint8_t *p, size_t len, repl_msg *m, hv_
         need_account = 0;
         m->version = rd_u16(&r);
         m->role = rd_u8(&r);
-        if (rd_u8(&r) != 0 || m->role > REPL_ROLE_REPLICA)
+        if (rd_u8(&r) != 0 || m->role > REPL_ROLE_MOVER)
             return hv_err_set(err, -EPROTO, "HELLO with unknown role or reserved bits");
         m->bytes32 = rd_bytes(&r, 32);
         m->text = rd_name(&r, &m->text_len);
@@ -189,7 +190,11 @@ int repl_msg_decode(uint8_t type, const uint8_t *p, size_t len, repl_msg *m, hv_
         switch (type) {
         case REPL_ACCOUNT:
         case REPL_ACK:
+        case REPL_MOVE_COMMIT:
+        case REPL_MOVE_DONE:
             m->a = rd_u64(&r);
+            break;
+        case REPL_MOVE_RESET:
             break;
         case REPL_POSITION:
             m->a = rd_u64(&r);
@@ -496,6 +501,15 @@ void repl_build_salvage_ok(buf *b, const char *acct, uint64_t stored, uint64_t d
     put_acct(b, acct);
     buf_put_u64(b, stored);
     buf_put_u64(b, dups);
+    repl_msg_end(b, s);
+}
+
+void repl_build_move(buf *b, enum repl_msg_type type, const char *acct, uint64_t modseq)
+{
+    size_t s = repl_msg_begin(b, type);
+    put_acct(b, acct);
+    if (type != REPL_MOVE_RESET)
+        buf_put_u64(b, modseq);
     repl_msg_end(b, s);
 }
 

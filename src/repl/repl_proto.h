@@ -58,13 +58,18 @@ enum repl_msg_type {
     REPL_SALVAGE = 19,   /* replica: (a chunk of) one message of its divergent tail */
     REPL_SALVAGE_END = 20, /* replica: the whole tail was sent */
     REPL_SALVAGE_OK = 21,  /* primary: stored; set your copy aside and resync */
+    /* Account moves (docs/move.md): a mover streams one account to the
+     * target store's repl service with ACCOUNT/BLOB/FRAMES/DIGEST_REQ. */
+    REPL_MOVE_RESET = 22,  /* mover: "your copy is not a prefix of mine: set it aside" */
+    REPL_MOVE_COMMIT = 23, /* mover: "the account ends at modseq a: make it yours" */
+    REPL_MOVE_DONE = 24,   /* target: committed at modseq a */
 };
-#define REPL_MSG_TYPE_MAX 21
+#define REPL_MSG_TYPE_MAX 24
 /* SALVAGE: a mailbox name and the keyword names (space-separated). */
 #define REPL_MAILBOX_MAX 1000
 #define REPL_KEYWORDS_MAX 12000
 
-enum repl_role { REPL_ROLE_PRIMARY = 0, REPL_ROLE_REPLICA = 1 };
+enum repl_role { REPL_ROLE_PRIMARY = 0, REPL_ROLE_REPLICA = 1, REPL_ROLE_MOVER = 2 };
 
 /* A decoded message. Pointers point into the parser's buffer and are
  * valid until the next repl_parser_feed. */
@@ -104,7 +109,9 @@ typedef struct repl_msg {
  *              of this chunk, d = system flags, e = internal date (int64);
  *              text = mailbox name, text2 = keywords; data = the chunk
  *   SALVAGE_END  a = common modseq, b = messages sent, c = other records
- *   SALVAGE_OK   a = messages stored, b = of them already there (a repeat) */
+ *   SALVAGE_OK   a = messages stored, b = of them already there (a repeat)
+ *   MOVE_RESET   (account only)
+ *   MOVE_COMMIT, MOVE_DONE   a = the account's last modseq */
 
 typedef struct repl_parser {
     uint8_t hdr[REPL_HDR];
@@ -164,6 +171,8 @@ void repl_build_salvage(buf *b, const char *acct, uint64_t modseq, uint64_t size
 void repl_build_salvage_end(buf *b, const char *acct, uint64_t common, uint64_t messages,
                             uint64_t others);
 void repl_build_salvage_ok(buf *b, const char *acct, uint64_t stored, uint64_t dups);
+/* MOVE_RESET (modseq ignored), MOVE_COMMIT and MOVE_DONE. */
+void repl_build_move(buf *b, enum repl_msg_type type, const char *acct, uint64_t modseq);
 
 /* Copies m's account into out (NUL-terminated; out has REPL_ACCOUNT_MAX+1). */
 void repl_msg_account(const repl_msg *m, char *out);

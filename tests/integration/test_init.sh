@@ -49,9 +49,9 @@ rc=0; haven no-such-command 2>"$tmp/err" || rc=$?
 grep -q "unknown command 'no-such-command'" "$tmp/err" || fail "unknown command message"
 rc=0; haven 2>/dev/null || rc=$?
 [ "$rc" -eq 2 ] || fail "no command exited $rc, want 2"
-rc=0; haven -c "$conf" move a@b.c --to s2 2>"$tmp/err" || rc=$?
+rc=0; haven -c "$conf" backup 2>"$tmp/err" || rc=$?
 [ "$rc" -eq 2 ] || fail "a command not built yet exited $rc, want 2"
-grep -q "'move' is not built yet" "$tmp/err" || fail "not-built message"
+grep -q "'backup' is not built yet" "$tmp/err" || fail "not-built message"
 haven help status | grep -q 'admin' || fail "haven help status"
 # Help needs no instance, for the commands' own help texts as well.
 for c in init user domain import export verify reconstruct status queue; do
