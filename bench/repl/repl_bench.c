@@ -11,15 +11,22 @@
  *       COUNT single appends of 4 KiB, RATE per second, round-robin over
  *       ACCOUNTS accounts; for each, the time from the primary's commit
  *       until the replica's log holds that modseq. Prints p50/p99/max ms.
- *   repl_bench throughput CONF WRITERS SECONDS async|sync
+ *   repl_bench throughput CONF WRITERS SECONDS ROUNDS
  *       WRITERS threads, each appending 4 KiB messages to its own account
- *       on the primary of CONF for SECONDS; with "sync" each append waits
- *       for the replicas' acks (repl_sync_wait) as an LMTP delivery would
- *       in sync mode. Prints messages/s.
+ *       on the primary of CONF, in ROUNDS pairs of phases of SECONDS: one
+ *       where each append is followed by repl_sync_wait (as a writer in
+ *       sync mode does: it waits for the replicas' acks), one without
+ *       (async). Prints messages/s of each and the sync/async ratio (the
+ *       median of the rounds': the load of a shared machine changes).
  *   repl_bench fill DATA ACCOUNT BYTES MSGSIZE
  *       Creates ACCOUNT with BYTES of messages of MSGSIZE in batches.
- *   repl_bench diskbw DIR BYTES
- *       Sequential write of BYTES in 1 MiB writes, then fdatasync: MB/s.
+ *   repl_bench diskbw DIR BYTES EVERY
+ *       Sequential write of BYTES into one file in 1 MiB writes, with an
+ *       fdatasync every EVERY bytes (0: only at the end): MB/s.
+ *   repl_bench diskfiles DIR BYTES SIZE EVERY
+ *       BYTES as files of SIZE, written as the replica writes a backlog's
+ *       blobs (temp file, rename, writeback started, a syncfs every EVERY
+ *       bytes): MB/s. The files are left for the caller to remove.
  *   repl_bench syncwrite CONF ACCOUNT COUNT
  *       COUNT appends to ACCOUNT on the primary of CONF, each followed by
  *       repl_sync_wait as a writer in sync mode does; prints how many were
@@ -27,7 +34,9 @@
  *       refused (tests/integration/test_repl_sync.py uses it).
  *   repl_bench catchup REPLICA_DATA ACCOUNT MODSEQ
  *       Waits until the replica's ACCOUNT reaches MODSEQ, printing
- *       progress every 5 s; prints the elapsed seconds.
+ *       progress every 5 s; prints the elapsed seconds, in all and from
+ *       the moment the account appeared on the replica (without the start
+ *       of the replica's havend and the handshake).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -95,6 +104,8 @@ static int cmp_d(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+static double appeared; /* when wait_replica first found the account there */
+
 /* Waits until the replica's account exists and reaches modseq. */
 static void wait_replica(const char *data, const char *name, store_account **rp, int ifd,
                          int *wd, uint64_t modseq)
@@ -111,6 +122,8 @@ static void wait_replica(const char *data, const char *name, store_account **rp,
             if (*wd >= 0 && stat(dir, &st) == 0 &&
                 store_open(dir, name, STORE_OPEN_READONLY, NULL, rp, &err) < 0)
                 *rp = NULL;
+            if (*rp && !appeared)
+                appeared = now_s();
         }
         if (*rp) {
             if (store_refresh(*rp, &err) < 0)
@@ -167,12 +180,17 @@ static int cmd_lag(int argc, char **argv)
     return 0;
 }
 
+/* The throughput run: WRITERS threads, each on its own account, in
+ * phases that alternate async (append only) and sync (append, then
+ * repl_sync_wait). The machine's load changes from second to second, so
+ * short alternating phases compare the two under the same conditions. */
 typedef struct tput_arg {
     const conf *c;
-    int id, sync;
-    double until;
-    uint64_t done;
+    int id;
     const char *data;
+    pthread_mutex_t *mu;
+    const int *phase;      /* -1 stop, else the phase number; odd phases are sync */
+    uint64_t *done;        /* per phase */
 } tput_arg;
 
 static void *tput_main(void *p)
@@ -184,20 +202,29 @@ static void *tput_main(void *p)
     store_account *a = open_acct(t->data, name, STORE_OPEN_CREATE, &inbox);
     repl_sync *rs = NULL;
     hv_err err = {0};
-    if (t->sync && (repl_sync_open(t->c, &rs, &err) < 0 || !rs))
+    if (repl_sync_open(t->c, &rs, &err) < 0 || !rs)
         die("sync mode is not configured for this instance", &err);
     char *msg = message(4096, (unsigned)t->id);
-    while (now_s() < t->until) {
+    for (;;) {
+        pthread_mutex_lock(t->mu);
+        int ph = *t->phase;
+        pthread_mutex_unlock(t->mu);
+        if (ph < 0)
+            break;
         if (store_append(a, inbox, msg, 4096, 0, time(NULL), NULL, &err) < 0)
             die("append", &err);
         int degraded = 0;
-        if (rs && repl_sync_wait(rs, name, store_highest_modseq(a), &degraded, &err) < 0)
+        if ((ph & 1) && repl_sync_wait(rs, name, store_highest_modseq(a), &degraded, &err) < 0)
             die("sync wait", &err);
         if (degraded) {
             fprintf(stderr, "repl_bench: replication degraded during the sync run\n");
             exit(1);
         }
-        t->done++;
+        pthread_mutex_lock(t->mu);
+        /* An append that straddles a phase change counts for neither. */
+        if (*t->phase == ph)
+            t->done[ph]++;
+        pthread_mutex_unlock(t->mu);
     }
     repl_sync_close(rs);
     store_close(a);
@@ -215,24 +242,50 @@ static int cmd_throughput(int argc, char **argv)
         die("config", &err);
     char data[4096];
     conf_path(c, "data_dir", data, sizeof(data));
-    int writers = atoi(argv[3]);
+    int writers = atoi(argv[3]), rounds = atoi(argv[5]);
     double secs = atof(argv[4]);
-    int sync = strcmp(argv[5], "sync") == 0;
+    if (writers < 1 || rounds < 1 || rounds > 100 || secs <= 0)
+        return 2;
+    int nph = 2 * rounds + 1, phase = 0;
+    pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
     tput_arg *ta = calloc((size_t)writers, sizeof(*ta));
     pthread_t *th = calloc((size_t)writers, sizeof(*th));
-    double start = now_s();
     for (int i = 0; i < writers; i++) {
-        ta[i] = (tput_arg){.c = c, .id = i, .sync = sync, .until = start + secs, .data = data};
+        ta[i] = (tput_arg){.c = c, .id = i, .data = data, .mu = &mu,
+                           .phase = &phase, .done = calloc((size_t)nph, sizeof(uint64_t))};
         pthread_create(&th[i], NULL, tput_main, &ta[i]);
     }
-    uint64_t total = 0;
-    for (int i = 0; i < writers; i++) {
-        pthread_join(th[i], NULL);
-        total += ta[i].done;
+    /* Phase 0 warms up (accounts created, links streaming); then async and
+     * sync take turns. */
+    double *el = calloc((size_t)nph, sizeof(double));
+    for (int ph = 0; ph < nph; ph++) {
+        double t0 = now_s();
+        usleep((useconds_t)((ph ? secs : 1.0) * 1e6));
+        pthread_mutex_lock(&mu);
+        phase = ph + 1 < nph ? ph + 1 : -1;
+        pthread_mutex_unlock(&mu);
+        el[ph] = now_s() - t0;
     }
-    double el = now_s() - start;
-    printf("throughput mode=%s writers=%d msgs=%llu msgs_per_s=%.0f\n", sync ? "sync" : "async",
-           writers, (unsigned long long)total, (double)total / el);
+    /* Round r: phase 2r+1 sync, 2r+2 async. */
+    double sum_sync = 0, sum_async = 0, *ratio = calloc((size_t)rounds, sizeof(double));
+    for (int r = 0; r < rounds; r++) {
+        uint64_t ns = 0, na = 0;
+        for (int i = 0; i < writers; i++) {
+            ns += ta[i].done[2 * r + 1];
+            na += ta[i].done[2 * r + 2];
+        }
+        double rs = (double)ns / el[2 * r + 1], ra = (double)na / el[2 * r + 2];
+        sum_sync += rs;
+        sum_async += ra;
+        ratio[r] = ra > 0 ? rs / ra : 0;
+    }
+    for (int i = 0; i < writers; i++)
+        pthread_join(th[i], NULL);
+    qsort(ratio, (size_t)rounds, sizeof(double), cmp_d);
+    printf("throughput writers=%d rounds=%d seconds=%.1f async_msgs_per_s=%.0f "
+           "sync_msgs_per_s=%.0f ratio_median=%.2f ratio_min=%.2f ratio_max=%.2f\n", writers,
+           rounds, secs, sum_async / rounds, sum_sync / rounds, ratio[rounds / 2], ratio[0],
+           ratio[rounds - 1]);
     conf_free(c);
     return 0;
 }
@@ -270,25 +323,86 @@ static int cmd_fill(int argc, char **argv)
 
 static int cmd_diskbw(int argc, char **argv)
 {
-    if (argc != 4)
+    if (argc != 5)
         return 2;
     char path[4200];
     snprintf(path, sizeof(path), "%s/diskbw.tmp", argv[2]);
-    uint64_t bytes = strtoull(argv[3], NULL, 10);
+    uint64_t bytes = strtoull(argv[3], NULL, 10), every = strtoull(argv[4], NULL, 10);
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0)
         die(path, NULL);
     char *blk = malloc(1 << 20);
     memset(blk, 'x', 1 << 20);
     double t0 = now_s();
-    for (uint64_t done = 0; done < bytes; done += 1 << 20)
+    uint64_t since = 0;
+    for (uint64_t done = 0; done < bytes; done += 1 << 20) {
         if (write(fd, blk, 1 << 20) != 1 << 20)
             die("write", NULL);
+        since += 1 << 20;
+        if (every && since >= every) {
+            fdatasync(fd);
+            since = 0;
+        }
+    }
     fdatasync(fd);
     double el = now_s() - t0;
     close(fd);
     unlink(path);
-    printf("diskbw bytes=%llu MBps=%.1f\n", (unsigned long long)bytes, (double)bytes / el / 1e6);
+    free(blk);
+    printf("diskbw bytes=%llu sync_every=%llu MBps=%.1f\n", (unsigned long long)bytes,
+           (unsigned long long)every, (double)bytes / el / 1e6);
+    return 0;
+}
+
+/* The replica's own pattern for a backlog of blobs: one file per message
+ * (written in a temp folder, renamed into one of 256 fan-out folders),
+ * writeback started at once, a syncfs every EVERY bytes. */
+static int cmd_diskfiles(int argc, char **argv)
+{
+    if (argc != 6)
+        return 2;
+    uint64_t bytes = strtoull(argv[3], NULL, 10), size = strtoull(argv[4], NULL, 10),
+             every = strtoull(argv[5], NULL, 10);
+    char dir[4200], p[4400], tmp[4400];
+    snprintf(dir, sizeof(dir), "%s/diskfiles.tmp", argv[2]);
+    if (mkdir(dir, 0700) < 0)
+        die(dir, NULL);
+    snprintf(p, sizeof(p), "%s/tmp", dir);
+    mkdir(p, 0700);
+    for (int i = 0; i < 256; i++) {
+        snprintf(p, sizeof(p), "%s/%02x", dir, i);
+        mkdir(p, 0700);
+    }
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    char *blk = malloc(size);
+    memset(blk, 'x', size);
+    double t0 = now_s();
+    uint64_t since = 0, n = 0;
+    for (uint64_t done = 0; done < bytes; done += size, n++) {
+        snprintf(tmp, sizeof(tmp), "%s/tmp/%llu", dir, (unsigned long long)n);
+        snprintf(p, sizeof(p), "%s/%02x/%llu", dir, (unsigned)(n * 2654435761u >> 24) & 255,
+                 (unsigned long long)n);
+        int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (fd < 0 || write(fd, blk, size) != (ssize_t)size)
+            die("write", NULL);
+        close(fd);
+        if (rename(tmp, p) < 0)
+            die("rename", NULL);
+        fd = open(p, O_RDONLY | O_CLOEXEC);
+        sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+        close(fd);
+        since += size;
+        if (since >= every) {
+            syncfs(dfd);
+            since = 0;
+        }
+    }
+    syncfs(dfd);
+    double el = now_s() - t0;
+    close(dfd);
+    free(blk);
+    printf("diskfiles bytes=%llu files=%llu MBps=%.1f\n", (unsigned long long)bytes,
+           (unsigned long long)n, (double)bytes / el / 1e6);
     return 0;
 }
 
@@ -318,8 +432,9 @@ static int cmd_catchup(int argc, char **argv)
         }
         wait_replica(argv[2], argv[3], &ra, ifd, &wd, have + 1);
     }
-    printf("catchup account=%s modseq=%llu seconds=%.2f\n", argv[3], (unsigned long long)modseq,
-           now_s() - t0);
+    double end = now_s();
+    printf("catchup account=%s modseq=%llu seconds=%.2f stream_seconds=%.2f\n", argv[3],
+           (unsigned long long)modseq, end - t0, end - (appeared ? appeared : t0));
     return 0;
 }
 
@@ -374,6 +489,8 @@ int main(int argc, char **argv)
         rc = cmd_fill(argc, argv);
     else if (argc >= 2 && strcmp(argv[1], "diskbw") == 0)
         rc = cmd_diskbw(argc, argv);
+    else if (argc >= 2 && strcmp(argv[1], "diskfiles") == 0)
+        rc = cmd_diskfiles(argc, argv);
     else if (argc >= 2 && strcmp(argv[1], "syncwrite") == 0)
         rc = cmd_syncwrite(argc, argv);
     else if (argc >= 2 && strcmp(argv[1], "catchup") == 0)

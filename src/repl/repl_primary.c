@@ -64,6 +64,7 @@ typedef struct pacct {
     pthread_mutex_t mu; /* use of st */
     store_account *st;
     int wd;
+    int64_t poke_at;    /* a log change to look at then (0: none); see watcher_main */
 } pacct;
 
 typedef struct win_ent {
@@ -123,6 +124,15 @@ typedef struct job {
     size_t idx;
 } job;
 
+/* A writer waiting in sync mode (repl_primary_wait): woken by the ack it
+ * waits for, not by every ack of every account. */
+typedef struct sync_waiter {
+    struct sync_waiter *next;
+    long idx;
+    uint64_t modseq;
+    pthread_cond_t cv;
+} sync_waiter;
+
 static struct {
     repl_cfg *cfg;
     pthread_mutex_t mu;
@@ -132,6 +142,8 @@ static struct {
     size_t *hash; /* open addressing: idx + 1, 0 empty */
     size_t *wd_idx; /* inotify watch -> idx + 1 */
     size_t nwd;
+    size_t *pokes;  /* accounts with poke_at set */
+    size_t npokes, cappokes;
     size_t hcap;
     psess sess[MAX_LINKS];
     job *q;
@@ -146,6 +158,7 @@ static struct {
     /* sync mode: set when a wait timed out, cleared once enough replicas
      * have caught up again */
     int degraded;
+    sync_waiter *waiters;
     int64_t degraded_since;
     char degraded_why[200];
     uint64_t sync_waits, sync_timeouts;
@@ -333,6 +346,9 @@ static void on_ack(psess *s, int slot, size_t idx, uint64_t m)
                 enqueue(slot, i);
             }
     }
+    for (sync_waiter *w = P.waiters; w; w = w->next)
+        if (w->idx == (long)idx && w->modseq <= m)
+            pthread_cond_signal(&w->cv);
     pthread_cond_broadcast(&P.acked_cv);
 }
 
@@ -613,6 +629,7 @@ typedef struct stream {
     uint64_t last_seg, last_end, added; /* the last record taken into the batch */
     uint64_t sent_seg, sent_end, sent_modseq;
     uint64_t job_bytes;
+    repl_durable dur;   /* what the writers' syncs already made durable */
     int stop;           /* 1 yield (more to do), 2 window full, 3 link/account gone, 4 error */
     hv_err err;
 } stream;
@@ -670,7 +687,7 @@ static int flush_frames(stream *x)
     if (!x->batch.len)
         return 0;
     uint64_t bytes = x->batch.len + x->extra;
-    int w = window_room(x, x->batch.len);
+    int w = window_room(x, bytes);
     if (w)
         return w;
     buf_reset(&x->msg);
@@ -712,11 +729,9 @@ static int flush_frames(stream *x)
     return 0;
 }
 
+/* The window was checked by the caller. */
 static int send_blob(stream *x, const store_record *r)
 {
-    int w = window_room(x, r->size);
-    if (w)
-        return w;
     int fd;
     uint64_t size;
     if (store_blob_open(x->pa->st, &r->blob, &fd, &size, &x->err) < 0)
@@ -758,8 +773,11 @@ static int stream_cb(void *ctx, const store_record *r)
 {
     stream *x = ctx;
     if (r->modseq > x->hi)
-        return 1; /* committed after the sync: the next job takes it */
-    if (x->batch.len && (x->batch.len + r->raw_len > BATCH_BYTES)) {
+        return 1; /* not visible when the job began: the next job takes it */
+    uint64_t blob = r->type == STORE_REC_APPEND && !r->body ? r->size : 0;
+    /* A FRAMES message carries about BATCH_BYTES, counting the blobs sent
+     * ahead of it (the window accounts them with their frames). */
+    if (x->batch.len && x->batch.len + x->extra + r->raw_len + blob > BATCH_BYTES) {
         if ((x->stop = flush_frames(x)))
             return 1;
         if (x->job_bytes >= QUANTUM_BYTES) {
@@ -772,13 +790,27 @@ static int stream_cb(void *ctx, const store_record *r)
             }
         }
     }
-    if (r->type == STORE_REC_APPEND && !r->body) {
+    /* Never ship a record a crash could still take from this primary. */
+    if (repl_make_durable(x->pa->dir, r->segment, r->offset + r->raw_len, &x->dur, &x->err) < 0) {
+        x->stop = 4;
+        return 1;
+    }
+    if (blob) {
         /* The blob goes first: the replica applies a frame only when the
          * blob it names is there. */
-        if ((x->stop = flush_frames(x)))
+        int w = window_room(x, x->batch.len + x->extra + blob);
+        if (w == 2 && x->batch.len) {
+            /* Full: what is pending goes now, so that its blobs are not
+             * sent again by the next job. */
+            x->stop = flush_frames(x);
+            if (!x->stop)
+                x->stop = 2;
             return 1;
-        if ((x->stop = send_blob(x, r)))
+        }
+        if (w || (w = send_blob(x, r))) {
+            x->stop = w;
             return 1;
+        }
     }
     if (!x->batch.len) {
         x->first = r->modseq;
@@ -945,11 +977,8 @@ static void run_job(job j)
         uint64_t toff = sa->tail_off;
         sa->hi = hi;
         pthread_mutex_unlock(&P.mu);
-        /* What the reader saw may still be in flight to the disk: make it
-         * durable first, so no replica ever holds a record this primary
-         * could lose in a crash. */
-        if (since < hi && (rc = repl_sync_log(pa->dir, tseg, &x.err)) < 0)
-            x.stop = 4;
+        /* stream_cb makes sure each record is durable before it is
+         * shipped (repl_make_durable). */
         x.hi = hi;
         if (since < hi && !x.stop) {
             rc = tseg ? repl_tail_read(pa->dir, tseg, toff, since, hi, stream_cb, &x, &x.err)
@@ -1090,16 +1119,51 @@ static unsigned caught_up_links(void)
     return n;
 }
 
+/* Under P.mu. */
+static void poke_later(size_t idx, int64_t at)
+{
+    pacct *pa = P.accts[idx];
+    if (pa->poke_at)
+        return;
+    if (P.npokes == P.cappokes) {
+        P.cappokes = P.cappokes ? P.cappokes * 2 : 64;
+        P.pokes = realloc(P.pokes, P.cappokes * sizeof(*P.pokes));
+    }
+    P.pokes[P.npokes++] = idx;
+    pa->poke_at = at;
+}
+
+/* Under P.mu: the deferred looks that are due; returns ms until the next. */
+static int pokes_due(int64_t now)
+{
+    int next = 200;
+    for (size_t i = 0; i < P.npokes;) {
+        pacct *pa = P.accts[P.pokes[i]];
+        if (!pa->poke_at || pa->poke_at <= now) {
+            if (pa->poke_at)
+                mark_changed(P.pokes[i]);
+            pa->poke_at = 0;
+            P.pokes[i] = P.pokes[--P.npokes];
+            continue;
+        }
+        if (pa->poke_at - now < next)
+            next = (int)(pa->poke_at - now);
+        i++;
+    }
+    return next;
+}
+
 static void *watcher_main(void *arg)
 {
     (void)arg;
     int64_t last_scan = 0;
+    int timeout = 200;
     char evbuf[8192] __attribute__((aligned(__alignof__(struct inotify_event))));
     buf msg;
     buf_init(&msg);
     for (;;) {
         struct pollfd p = {.fd = P.inotify_fd, .events = POLLIN};
-        poll(&p, 1, 200);
+        poll(&p, 1, timeout);
         pthread_mutex_lock(&P.mu);
         if (P.stopping) {
             pthread_mutex_unlock(&P.mu);
@@ -1107,20 +1171,34 @@ static void *watcher_main(void *arg)
         }
         ssize_t n;
         int overflow = 0;
+        int64_t now = repl_now_ms();
         while ((n = read(P.inotify_fd, evbuf, sizeof(evbuf))) > 0) {
             for (char *q = evbuf; q < evbuf + n;) {
                 struct inotify_event *ie = (struct inotify_event *)q;
                 if (ie->mask & IN_Q_OVERFLOW)
                     overflow = 1;
-                if (ie->wd >= 0 && (size_t)ie->wd < P.nwd && P.wd_idx[ie->wd])
-                    mark_changed(P.wd_idx[ie->wd] - 1);
+                if (ie->wd >= 0 && (size_t)ie->wd < P.nwd && P.wd_idx[ie->wd]) {
+                    size_t idx = P.wd_idx[ie->wd] - 1;
+                    /* A writer writes its records, syncs, then moves the
+                     * store's durable mark (log/durable); only then can a
+                     * reader see them, so that event starts the job. Other
+                     * changes (a segment written) are looked at a moment
+                     * later, in case their writer died before its mark:
+                     * a job at once would find nothing to ship. */
+                    if (ie->len && strcmp(ie->name, "durable") == 0) {
+                        P.accts[idx]->poke_at = 0;
+                        mark_changed(idx);
+                    } else {
+                        poke_later(idx, now + 100);
+                    }
+                }
                 q += sizeof(struct inotify_event) + ie->len;
             }
         }
         if (overflow)
             for (size_t i = 0; i < P.n; i++)
                 mark_changed(i);
-        int64_t now = repl_now_ms();
+        timeout = pokes_due(now);
         if (now - last_scan >= 2000) {
             last_scan = now;
             /* The folders are listed without the lock (acks keep flowing
@@ -1199,6 +1277,11 @@ typedef struct hs_arg {
  * (the link is freed). */
 static int install(repl_link *l)
 {
+    if (repl_link_peer_role(l) == REPL_ROLE_MOVER) {
+        /* `haven move` streaming an account here: not a replica. */
+        repl_move_target_start(P.cfg, l);
+        return -1;
+    }
     if (repl_resolve_link(P.cfg, l) < 0) {
         repl_link_free(l);
         return -1;
@@ -1256,7 +1339,10 @@ static void *handshake_main(void *arg)
 static void *dialer_main(void *arg)
 {
     (void)arg;
-    unsigned backoff = 1000;
+    /* Short at first: after a failover the old primary is typically
+     * restarted within a second or two, and it learns it was replaced
+     * only from this dial. */
+    unsigned backoff = 200;
     for (;;) {
         pthread_mutex_lock(&P.mu);
         int stop = P.stopping;
@@ -1288,7 +1374,7 @@ static void *dialer_main(void *arg)
             backoff = backoff >= 8000 ? 10000 : backoff * 2;
             continue;
         }
-        backoff = 1000;
+        backoff = 200;
         pthread_mutex_lock(&P.mu);
         uint32_t gen = P.sess[slot].gen;
         while (!P.stopping && P.sess[slot].used && P.sess[slot].gen == gen &&
@@ -1359,6 +1445,34 @@ static int drained(repl_link *l, char *why, size_t whylen)
     return all;
 }
 
+/* After the fence is written: a writer that checked it just before it
+ * existed may still be committing (the store checks the fence under the
+ * account's write lock). Taking each account's lock once waits for such
+ * a write, so the heads the drain then measures hold every write that
+ * got past the fence. */
+static int fence_barrier(char *why, size_t whylen)
+{
+    buf found;
+    buf_init(&found);
+    repl_scan_accounts(P.cfg->data_dir, collect_cb, &found);
+    int rc = 0;
+    for (size_t off = 0; off < found.len && rc == 0;) {
+        const char *name = (const char *)found.data + off;
+        const char *dir = name + strlen(name) + 1;
+        hv_err err = {0};
+        rc = store_account_barrier(dir, 0, &err);
+        if (rc == -EWOULDBLOCK) {
+            log_info("repl: switchover_waits_for_writer account=%s", name);
+            rc = store_account_barrier(dir, 1, &err);
+        }
+        if (rc < 0)
+            snprintf(why, whylen, "account %.60s: %.200s", name, err.msg);
+        off += strlen(name) + strlen(dir) + 2;
+    }
+    buf_free(&found);
+    return rc;
+}
+
 static void *switchover_main(void *arg)
 {
     sw_arg *a = arg;
@@ -1373,7 +1487,9 @@ static void *switchover_main(void *arg)
              (unsigned long long)a->epoch);
     int d = 0;
     int64_t t0 = repl_now_ms();
-    while (rc == 0 && (d = drained(a->l, why, sizeof(why))) == 0) {
+    if (rc == 0 && fence_barrier(why, sizeof(why)) < 0)
+        d = -1;
+    while (rc == 0 && d == 0 && (d = drained(a->l, why, sizeof(why))) == 0) {
         pthread_mutex_lock(&P.mu);
         struct timespec dl;
         clock_gettime(CLOCK_REALTIME, &dl);
@@ -1518,6 +1634,8 @@ void repl_primary_stop(void)
 {
     pthread_mutex_lock(&P.mu);
     P.stopping = 1;
+    for (sync_waiter *w = P.waiters; w; w = w->next)
+        pthread_cond_signal(&w->cv);
     pthread_cond_broadcast(&P.work_cv);
     pthread_cond_broadcast(&P.acked_cv);
     pthread_cond_broadcast(&P.rq_cv);
@@ -1557,9 +1675,23 @@ int repl_primary_wait(const char *account, uint64_t modseq, char *why, size_t wh
         repl_scan_accounts(P.cfg->data_dir, scan_cb, NULL);
         idx = find_acct(account);
     }
-    if (idx >= 0)
+    /* Ship it now, unless every link has it on its way already (the
+     * commit's inotify event usually comes first): a job for nothing would
+     * only take a worker from someone else. */
+    int shipped = idx >= 0;
+    for (int k = 0; k < MAX_LINKS && shipped; k++) {
+        psess *s = &P.sess[k];
+        if (s->used && !s->dead && (size_t)idx < s->nacc && s->acc[idx].state == S_READY &&
+            s->acc[idx].sent < modseq)
+            shipped = 0;
+    }
+    if (idx >= 0 && !shipped)
         mark_changed((size_t)idx);
     int64_t deadline = repl_now_ms() + P.cfg->sync_timeout_ms;
+    sync_waiter me = {.next = P.waiters, .idx = idx, .modseq = modseq};
+    pthread_cond_init(&me.cv, NULL);
+    P.waiters = &me;
+    int rc;
     for (;;) {
         unsigned have = 0;
         for (int k = 0; k < MAX_LINKS && idx >= 0; k++) {
@@ -1569,13 +1701,12 @@ int repl_primary_wait(const char *account, uint64_t modseq, char *why, size_t wh
                 have++;
         }
         if (have >= P.cfg->sync_k) {
-            pthread_mutex_unlock(&P.mu);
-            return 0;
+            rc = 0;
+            break;
         }
         if (P.degraded) {
-            int rc = policy(why, whylen);
-            pthread_mutex_unlock(&P.mu);
-            return rc;
+            rc = policy(why, whylen);
+            break;
         }
         int64_t now = repl_now_ms();
         if (now >= deadline || P.stopping) {
@@ -1587,9 +1718,8 @@ int repl_primary_wait(const char *account, uint64_t modseq, char *why, size_t wh
                      P.cfg->sync_k, P.cfg->sync_timeout_ms);
             log_error("repl: sync_degraded alarm=1 policy=%s reason=\"%s\"",
                       P.cfg->sync_refuse ? "refuse" : "async", P.degraded_why);
-            int rc = policy(why, whylen);
-            pthread_mutex_unlock(&P.mu);
-            return rc;
+            rc = policy(why, whylen);
+            break;
         }
         int64_t wait = deadline - now;
         if (wait > 200)
@@ -1601,12 +1731,22 @@ int repl_primary_wait(const char *account, uint64_t modseq, char *why, size_t wh
             dl.tv_sec++;
             dl.tv_nsec -= 1000000000;
         }
-        pthread_cond_timedwait(&P.acked_cv, &P.mu, &dl);
+        pthread_cond_timedwait(&me.cv, &P.mu, &dl);
         if (idx < 0) {
             repl_scan_accounts(P.cfg->data_dir, scan_cb, NULL);
-            idx = find_acct(account);
+            me.idx = idx = find_acct(account);
+            if (idx >= 0)
+                mark_changed((size_t)idx);
         }
     }
+    for (sync_waiter **pp = &P.waiters; *pp; pp = &(*pp)->next)
+        if (*pp == &me) {
+            *pp = me.next;
+            break;
+        }
+    pthread_mutex_unlock(&P.mu);
+    pthread_cond_destroy(&me.cv);
+    return rc;
 }
 
 /* ---- status ---- */
@@ -1933,4 +2073,74 @@ int repl_primary_replcheck(const char *account, buf *o, hv_err *err)
         return hv_err_set(err, -ENOTCONN, "no replica is connected to this primary");
     buf_printf(o, "summary: replicas=%d checked=%zu differ=%d\n", links, checked, differ);
     return differ;
+}
+
+/* ---- metrics (the "metrics" command, for the http service) ---- */
+
+/* Accounts not in sync listed one by one, per link: a replica that lost
+ * everything must not turn one scrape into 100,000 lines. The link's
+ * totals still count them all. */
+#define METRICS_ACCOUNTS_MAX 500
+
+/* The numbers of repl_primary_status as "KIND key=value ..." lines (no
+ * value holds a space): node, sync, one link per replica, one account per
+ * account not in sync. Lags are in ms. */
+void repl_primary_metrics(buf *o)
+{
+    pthread_mutex_lock(&P.mu);
+    int64_t now = repl_wall_ms();
+    buf_printf(o, "node role=primary store=%s epoch=%llu accounts=%zu\n", P.cfg->store_name,
+               (unsigned long long)P.cfg->epoch, P.n);
+    if (P.cfg->sync)
+        buf_printf(o, "sync mode=sync state=%s waits=%llu timeouts=%llu\n",
+                   P.degraded ? (P.cfg->sync_refuse ? "refusing" : "degraded") : "sync",
+                   (unsigned long long)P.sync_waits, (unsigned long long)P.sync_timeouts);
+    else
+        buf_printf(o, "sync mode=async\n");
+    for (int k = 0; k < MAX_LINKS; k++) {
+        psess *s = &P.sess[k];
+        if (!s->used)
+            continue;
+        repl_link_stats st;
+        repl_link_get_stats(s->link, &st);
+        size_t synced = 0, diverged = 0, failed = 0;
+        int64_t max_lag = 0;
+        uint64_t behind = 0;
+        for (size_t i = 0; i < s->nacc; i++) {
+            sacct *sa = &s->acc[i];
+            int64_t lag = sa->wn ? now - sa->win[sa->whead].t_first : 0;
+            if (lag > max_lag)
+                max_lag = lag;
+            if (sa->hi > sa->acked)
+                behind += sa->hi - sa->acked;
+            synced += sa->state == S_READY && sa->acked >= sa->hi;
+            diverged += sa->state == S_DIVERGED;
+            failed += sa->state == S_FAILED;
+        }
+        size_t lagging = s->nacc - synced;
+        buf_printf(o, "link replica=%s up=%d accounts=%zu in_sync=%zu syncing=%zu diverged=%zu "
+                   "failed=%zu records_behind=%llu max_lag_ms=%lld unacked_bytes=%llu "
+                   "bytes_sent=%llu bytes_received=%llu send_bps=%.0f ack_p50_ms=%llu "
+                   "ack_p99_ms=%llu acks=%llu accounts_not_listed=%zu\n",
+                   s->peer_store, !s->dead, s->nacc, synced, lagging - diverged - failed,
+                   diverged, failed, (unsigned long long)behind, (long long)max_lag,
+                   (unsigned long long)s->unacked, (unsigned long long)st.bytes_out,
+                   (unsigned long long)st.bytes_in, st.rate_out,
+                   (unsigned long long)lat_pct(s, 0.5), (unsigned long long)lat_pct(s, 0.99),
+                   (unsigned long long)s->lat_n,
+                   lagging > METRICS_ACCOUNTS_MAX ? lagging - METRICS_ACCOUNTS_MAX : 0);
+        size_t listed = 0;
+        for (size_t i = 0; i < s->nacc && listed < METRICS_ACCOUNTS_MAX; i++) {
+            sacct *sa = &s->acc[i];
+            if (sa->state == S_READY && sa->acked >= sa->hi)
+                continue;
+            int64_t lag = sa->wn ? now - sa->win[sa->whead].t_first : 0;
+            buf_printf(o, "account replica=%s account=%s state=%s records_behind=%llu "
+                       "lag_ms=%lld\n", s->peer_store, P.accts[i]->name, sstate_names[sa->state],
+                       (unsigned long long)(sa->hi > sa->acked ? sa->hi - sa->acked : 0),
+                       (long long)(lag > 0 ? lag : 0));
+            listed++;
+        }
+    }
+    pthread_mutex_unlock(&P.mu);
 }

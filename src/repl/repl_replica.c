@@ -8,10 +8,13 @@
  * on one account never holds up another:
  *   ACCOUNT     open (create) the account, answer POSITION: the highest
  *               modseq this store holds durably and that record's CRC;
- *   BLOB        collect the chunks, then store_blob_import (synced);
- *   FRAMES      collect, then one store_apply_frames for everything that
- *               is waiting (checked whole, then one fdatasync), then ACK
- *               the account's highest modseq, which is now durable;
+ *   BLOB        collect the chunks, then write the blob file (a pool of
+ *               blob writers does it, several at once), hash checked;
+ *   FRAMES      collect, then, once the account's blobs are written and
+ *               made durable (one syncfs), one store_apply_frames for
+ *               everything that is waiting (checked whole, then one
+ *               fdatasync), then ACK the account's highest modseq, which
+ *               is now durable;
  *   DIGEST_REQ, CRCS_REQ   answers for replcheck, after applying;
  *   REJOIN      this store's log parted from the primary's after a modseq
  *               (a former primary with writes the new one never got):
@@ -32,6 +35,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <netdb.h>
 #include <poll.h>
 #include <pthread.h>
@@ -49,8 +53,15 @@
 #include "store/store_internal.h"
 
 #define APPLY_MAX (16u << 20)       /* frames applied in one go */
-#define ACK_EVERY (4u << 20)        /* bytes received between applies in a backlog */
+/* Bytes taken in between two applies while a backlog is worked through:
+ * each apply costs a syncfs (the blobs) and an fdatasync (the log), so
+ * fewer, larger ones make an initial sync faster; the primary's window
+ * (3/4 of repl_window per account, 48 MiB by default) must stay larger,
+ * or it would wait for acks. */
+#define ACK_EVERY (16u << 20)
 #define PENDING_MAX (512ull << 20)  /* more than any window: a broken primary */
+#define RUN_MAX (32u << 20)         /* bytes one account's run takes before others' turn */
+#define BLOBQ_MAX (32u << 20)       /* blob bytes queued for the blob writers */
 #define OPEN_MAX 256
 
 typedef struct ritem {
@@ -65,6 +76,7 @@ typedef struct ritem {
 
 typedef struct racct {
     char name[REPL_ACCOUNT_MAX + 1];
+    char *dir;          /* its folder, once known */
     store_account *st;
     ritem *head, *tail;
     size_t pending;
@@ -76,14 +88,25 @@ typedef struct racct {
     buf blob;
     int blob_active;
     uint64_t expect; /* next modseq this account may receive */
+    int waiting;      /* its worker waits for more or for its blobs (run_account) */
     int blobs_unsynced; /* blobs written since the last syncfs */
+    int blobs_queued;   /* handed to the blob writers, not written yet */
+    int blob_rc;        /* the first failure of a blob writer, 0 none */
+    char blob_why[200];
     uint64_t applied_records;
 } racct;
+
+/* A blob waiting for a blob writer. */
+typedef struct bjob {
+    struct bjob *next;
+    racct *a;
+    ritem *it;
+} bjob;
 
 static struct {
     repl_cfg *cfg;
     pthread_mutex_t mu;
-    pthread_cond_t work_cv, idle_cv, link_cv;
+    pthread_cond_t work_cv, idle_cv, link_cv, more_cv;
     racct **hash;
     size_t hcap, n;
     racct *qhead, *qtail;
@@ -93,7 +116,16 @@ static struct {
     uint64_t pending;
     int stopping;
     int open_count;
-    pthread_t connector, *workers;
+    pthread_t connector, *workers, *blobbers;
+    /* Blob writers: a backlog's blobs (one file each) are written by these
+     * threads, several at once, while the account's worker goes on with
+     * the next messages; it waits for them before it applies the frames
+     * that name them. File creation blocks on the file system's journal
+     * and takes far longer than the copy: in parallel those waits overlap. */
+    pthread_cond_t bq_cv, bdone_cv;
+    bjob *bq_head, *bq_tail;
+    size_t bq_bytes;
+    int blobbers_stop;
     char state[200];
     int64_t connected_ms;
     uint64_t peer_epoch;
@@ -202,6 +234,8 @@ static void on_msg(void *ctx, repl_link *l, const repl_msg *m)
     a->pending += m->data_len;
     R.pending += m->data_len;
     enqueue(a);
+    if (a->waiting)
+        pthread_cond_broadcast(&R.more_cv);
     pthread_mutex_unlock(&R.mu);
 }
 
@@ -213,6 +247,7 @@ static void on_closed(void *ctx, repl_link *l, const char *reason)
     R.link_dead = 1;
     snprintf(R.state, sizeof(R.state), "down: %.150s", reason);
     pthread_cond_broadcast(&R.link_cv);
+    pthread_cond_broadcast(&R.more_cv);
     pthread_mutex_unlock(&R.mu);
     log_warn("repl: link_down primary=%s:%s reason=\"%s\"", R.cfg->primary_host,
              R.cfg->primary_port, reason);
@@ -241,20 +276,136 @@ static int crc_cb(void *ctx, const store_record *r)
     return c->n >= c->max;
 }
 
+static int acct_dir(racct *a, hv_err *err)
+{
+    if (a->dir)
+        return 0;
+    char dir[4400];
+    int rc = store_account_dir(R.cfg->data_dir, a->name, dir, sizeof(dir), err);
+    if (rc == 0)
+        a->dir = strdup(dir);
+    return rc;
+}
+
 static int open_acct(racct *a, hv_err *err)
 {
     if (a->st)
         return store_refresh(a->st, err);
-    char dir[4400];
-    int rc = store_account_dir(R.cfg->data_dir, a->name, dir, sizeof(dir), err);
+    int rc = acct_dir(a, err);
     if (rc == 0)
-        rc = store_open(dir, a->name, STORE_OPEN_CREATE, &R.cfg->sopt, &a->st, err);
+        rc = store_open(a->dir, a->name, STORE_OPEN_CREATE, &R.cfg->sopt, &a->st, err);
     if (rc == 0) {
         pthread_mutex_lock(&R.mu);
         R.open_count++;
         pthread_mutex_unlock(&R.mu);
     }
     return rc;
+}
+
+/* Opened (created) once; unlike open_acct, no refresh when it is open
+ * already (a blob needs only the folder to exist). */
+static int open_acct_once(racct *a, hv_err *err)
+{
+    return a->st ? 0 : open_acct(a, err);
+}
+
+/* Starts writing a new blob's pages to the disk now, so that the syncfs
+ * before the next apply finds little left to write and a backlog's disk
+ * writes overlap with receiving the next blobs. */
+static void start_writeback(const char *dir, const store_blob_id *id)
+{
+    char path[4400];
+    blob_path(dir, id, path, sizeof(path));
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    (void)sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+    close(fd);
+}
+
+/* Waits until every blob of the account handed to the blob writers is
+ * written; their first failure, if any. */
+static int blobs_wait(apply *x)
+{
+    racct *a = x->a;
+    pthread_mutex_lock(&R.mu);
+    while (a->blobs_queued)
+        pthread_cond_wait(&R.bdone_cv, &R.mu);
+    int rc = a->blob_rc;
+    if (rc)
+        hv_err_set(&x->err, rc, "%s", a->blob_why);
+    a->blob_rc = 0;
+    pthread_mutex_unlock(&R.mu);
+    return rc;
+}
+
+static void blob_queue(racct *a, ritem *it)
+{
+    bjob *j = malloc(sizeof(*j));
+    if (!j)
+        abort();
+    j->next = NULL;
+    j->a = a;
+    j->it = it;
+    pthread_mutex_lock(&R.mu);
+    while (R.bq_bytes > BLOBQ_MAX && !R.stopping)
+        pthread_cond_wait(&R.bdone_cv, &R.mu);
+    if (R.bq_tail)
+        R.bq_tail->next = j;
+    else
+        R.bq_head = j;
+    R.bq_tail = j;
+    R.bq_bytes += it->len;
+    a->blobs_queued++;
+    pthread_cond_signal(&R.bq_cv);
+    pthread_mutex_unlock(&R.mu);
+}
+
+static void *blobber_main(void *arg)
+{
+    (void)arg;
+    for (;;) {
+        pthread_mutex_lock(&R.mu);
+        while (!R.bq_head && !R.blobbers_stop)
+            pthread_cond_wait(&R.bq_cv, &R.mu);
+        bjob *j = R.bq_head;
+        if (!j) { /* stopping, and nothing left: a worker may wait for it */
+            pthread_mutex_unlock(&R.mu);
+            return NULL;
+        }
+        R.bq_head = j->next;
+        if (!R.bq_head)
+            R.bq_tail = NULL;
+        pthread_mutex_unlock(&R.mu);
+        racct *a = j->a;
+        ritem *it = j->it;
+        hv_err err = {0};
+        store_blob_id got;
+        /* store_blob_import, minus its per-blob syncs (see sync_blobs);
+         * the name is the content's hash, checked here. */
+        int rc = blob_write(a->dir, it->data, it->len, &got, 0, &err);
+        if (rc == 0 && memcmp(got.b, it->id, 32) != 0)
+            rc = hv_err_set(&err, -EBADMSG, "account %s: received blob does not match its id",
+                            a->name);
+        if (rc == 0)
+            start_writeback(a->dir, &got);
+        pthread_mutex_lock(&R.mu);
+        R.bq_bytes -= it->len;
+        if (rc == 0) {
+            a->blobs_unsynced = 1;
+            R.blobs_imported++;
+        } else if (!a->blob_rc) {
+            a->blob_rc = rc;
+            snprintf(a->blob_why, sizeof(a->blob_why), "%.190s", err.msg);
+        }
+        a->blobs_queued--;
+        pthread_cond_broadcast(&R.bdone_cv);
+        if (a->waiting && !a->blobs_queued)
+            pthread_cond_broadcast(&R.more_cv);
+        pthread_mutex_unlock(&R.mu);
+        free(it);
+        free(j);
+    }
 }
 
 static void reply(apply *x)
@@ -271,14 +422,13 @@ static int sync_blobs(apply *x)
 {
     if (!x->a->blobs_unsynced)
         return 0;
-    char dir[4400];
-    int rc = store_account_dir(R.cfg->data_dir, x->a->name, dir, sizeof(dir), &x->err);
+    int rc = acct_dir(x->a, &x->err);
     if (rc < 0)
         return rc;
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int fd = open(x->a->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0)
-        return hv_err_sys(&x->err, "open %s", dir);
-    rc = syncfs(fd) < 0 ? hv_err_sys(&x->err, "syncfs %s", dir) : 0;
+        return hv_err_sys(&x->err, "open %s", x->a->dir);
+    rc = syncfs(fd) < 0 ? hv_err_sys(&x->err, "syncfs %s", x->a->dir) : 0;
     close(fd);
     if (rc == 0)
         x->a->blobs_unsynced = 0;
@@ -289,7 +439,9 @@ static int flush(apply *x)
 {
     if (!x->frames.len)
         return 0;
-    int rc = sync_blobs(x);
+    int rc = blobs_wait(x);
+    if (rc == 0)
+        rc = sync_blobs(x);
     if (rc < 0)
         return rc;
     rc = store_apply_frames(x->a->st, x->frames.data, x->frames.len, &x->err);
@@ -510,13 +662,20 @@ static int set_aside(apply *x, uint64_t stored, uint64_t dups)
     return 0;
 }
 
-static int do_item(apply *x, const ritem *it)
+/* 0 done, 1 the item was handed over (a blob writer frees it), -errno. */
+static int do_item(apply *x, ritem *it)
 {
     racct *a = x->a;
     int rc;
     uint64_t want;
+    /* Everything but more data for the apply in progress sees the blobs
+     * written. */
+    if (it->type != REPL_BLOB && it->type != REPL_FRAMES && it->type != REPL_ACCOUNT &&
+        (rc = blobs_wait(x)) < 0)
+        return rc;
     switch (it->type) {
     case REPL_ACCOUNT: {
+        blobs_wait(x); /* a fresh start: an old failure does not count */
         buf_reset(&x->frames);
         a->failed = 0;
         a->blob_active = 0;
@@ -533,6 +692,15 @@ static int do_item(apply *x, const ritem *it)
         return 0;
     }
     case REPL_BLOB:
+        if (it->b == 0 && it->len == it->a) {
+            /* In one chunk (most blobs): a blob writer writes it from the
+             * message itself, while this worker goes on. */
+            a->blob_active = 0;
+            if ((rc = open_acct_once(a, &x->err)) < 0)
+                return rc;
+            blob_queue(a, it);
+            return 1;
+        }
         if (it->b == 0) {
             buf_reset(&a->blob);
             memcpy(a->blob_id, it->id, 32);
@@ -546,17 +714,16 @@ static int do_item(apply *x, const ritem *it)
         buf_append(&a->blob, it->data, it->len);
         if (a->blob.len == a->blob_size) {
             store_blob_id got;
-            char dir[4400];
-            if ((rc = open_acct(a, &x->err)) < 0 ||
-                (rc = store_account_dir(R.cfg->data_dir, a->name, dir, sizeof(dir), &x->err)) < 0)
+            if ((rc = open_acct_once(a, &x->err)) < 0)
                 return rc;
             /* store_blob_import, minus its per-blob syncs (see sync_blobs);
              * the name is the content's hash, checked here. */
-            if ((rc = blob_write(dir, a->blob.data, a->blob.len, &got, 0, &x->err)) < 0)
+            if ((rc = blob_write(a->dir, a->blob.data, a->blob.len, &got, 0, &x->err)) < 0)
                 return rc;
             if (memcmp(got.b, a->blob_id, 32) != 0)
                 return hv_err_set(&x->err, -EBADMSG, "account %s: received blob does not "
                                   "match its id", a->name);
+            start_writeback(a->dir, &got);
             a->blobs_unsynced = 1;
             a->blob_active = 0;
             buf_free(&a->blob);
@@ -654,21 +821,63 @@ static void run_account(racct *a)
     buf_init(&x.frames);
     buf_init(&x.msg);
     int rc = 0;
-    for (ritem *it = items; it; it = it->next) {
-        if (it->type == REPL_ACCOUNT)
-            rc = 0;
-        else if (a->failed || rc < 0)
-            continue;
-        x.since_flush += it->len;
-        rc = do_item(&x, it);
-        if (rc < 0) {
-            buf_reset(&x.frames);
-            a->failed = 1;
-            log_error("repl: account=%s apply_failed reason=\"%s\"", a->name, x.err.msg);
-            repl_build_error(&x.msg, a->name, rc, x.err.msg);
-            reply(&x);
+    ritem *done = NULL; /* to free; blobs handed to a blob writer are its own */
+    size_t taken = bytes;
+    for (;;) {
+        for (ritem *it = items, *next; it; it = next) {
+            next = it->next;
+            int handed = 0;
+            if (it->type == REPL_ACCOUNT)
+                rc = 0;
+            if (it->type == REPL_ACCOUNT || (!a->failed && rc >= 0)) {
+                x.since_flush += it->len;
+                rc = do_item(&x, it);
+                handed = rc == 1;
+                if (handed)
+                    rc = 0;
+                if (rc < 0) {
+                    buf_reset(&x.frames);
+                    a->failed = 1;
+                    log_error("repl: account=%s apply_failed reason=\"%s\"", a->name,
+                              x.err.msg);
+                    repl_build_error(&x.msg, a->name, rc, x.err.msg);
+                    reply(&x);
+                }
+            }
+            if (!handed) {
+                it->next = done;
+                done = it;
+            }
         }
+        /* More came in meanwhile: it joins the apply in progress (one
+         * fdatasync for both: a backlog is applied every ACK_EVERY bytes,
+         * and two writes to one account close together share a sync),
+         * up to RUN_MAX, then other accounts get their turn. */
+        pthread_mutex_lock(&R.mu);
+        /* Blobs still being written: the apply waits for them anyway.
+         * What comes in meanwhile joins it, so a backlog costs one syncfs
+         * and one fdatasync per ACK_EVERY bytes rather than per message
+         * the primary sent; a live change without blobs is applied at
+         * once. */
+        a->waiting = 1;
+        while (!a->head && a->blobs_queued && x.frames.len && !a->failed && taken < RUN_MAX &&
+               !R.link_dead && !R.stopping)
+            pthread_cond_wait(&R.more_cv, &R.mu);
+        a->waiting = 0;
+        int more = a->head && !a->failed && taken < RUN_MAX && !R.link_dead && R.link == x.link;
+        items = NULL;
+        if (more) {
+            items = a->head;
+            a->head = a->tail = NULL;
+            bytes += a->pending;
+            taken += a->pending;
+            a->pending = 0;
+        }
+        pthread_mutex_unlock(&R.mu);
+        if (!more)
+            break;
     }
+    items = done;
     if (!a->failed && flush(&x) < 0) {
         a->failed = 1;
         log_error("repl: account=%s apply_failed reason=\"%s\"", a->name, x.err.msg);
@@ -823,7 +1032,7 @@ static void drop_pending(void)
 static void *connector_main(void *arg)
 {
     (void)arg;
-    unsigned backoff = 1000;
+    unsigned backoff = 200;
     for (;;) {
         pthread_mutex_lock(&R.mu);
         if (R.stopping) {
@@ -842,6 +1051,11 @@ static void *connector_main(void *arg)
             struct timespec dl;
             clock_gettime(CLOCK_REALTIME, &dl);
             dl.tv_sec += backoff / 1000;
+            dl.tv_nsec += (long)(backoff % 1000) * 1000000;
+            if (dl.tv_nsec >= 1000000000) {
+                dl.tv_sec++;
+                dl.tv_nsec -= 1000000000;
+            }
             if (!R.stopping)
                 pthread_cond_timedwait(&R.link_cv, &R.mu, &dl);
             pthread_mutex_unlock(&R.mu);
@@ -850,7 +1064,7 @@ static void *connector_main(void *arg)
             backoff = backoff >= 16000 ? 30000 : backoff * 2;
             continue;
         }
-        backoff = 1000;
+        backoff = 200;
         pthread_mutex_lock(&R.mu);
         R.link = l;
         R.link_dead = 0;
@@ -883,14 +1097,26 @@ int repl_replica_start(repl_cfg *cfg, hv_err *err)
     (void)err;
     memset(&R, 0, sizeof(R));
     R.cfg = cfg;
+    /* Messages (up to 64 MiB) are received into fresh buffers and freed by
+     * another thread. By default glibc maps the big ones and hands freed
+     * arena memory back at once, so every byte received first costs a
+     * page fault: keep the memory instead (the windows bound how much). */
+    mallopt(M_MMAP_THRESHOLD, 96 << 20);
+    mallopt(M_TRIM_THRESHOLD, 256 << 20);
     pthread_mutex_init(&R.mu, NULL);
     pthread_cond_init(&R.work_cv, NULL);
     pthread_cond_init(&R.idle_cv, NULL);
     pthread_cond_init(&R.link_cv, NULL);
     snprintf(R.state, sizeof(R.state), "connecting");
+    pthread_cond_init(&R.bq_cv, NULL);
+    pthread_cond_init(&R.more_cv, NULL);
+    pthread_cond_init(&R.bdone_cv, NULL);
     R.workers = calloc(cfg->workers, sizeof(pthread_t));
     for (unsigned i = 0; i < cfg->workers; i++)
         pthread_create(&R.workers[i], NULL, worker_main, NULL);
+    R.blobbers = calloc(cfg->workers, sizeof(pthread_t));
+    for (unsigned i = 0; i < cfg->workers; i++)
+        pthread_create(&R.blobbers[i], NULL, blobber_main, NULL);
     pthread_create(&R.connector, NULL, connector_main, NULL);
     log_info("repl: replica ready store=%s primary=%s:%s workers=%u epoch=%llu",
              cfg->store_name, cfg->primary_host[0] ? cfg->primary_host : "(accepting)",
@@ -904,10 +1130,18 @@ void repl_replica_stop(void)
     R.stopping = 1;
     pthread_cond_broadcast(&R.work_cv);
     pthread_cond_broadcast(&R.link_cv);
+    pthread_cond_broadcast(&R.more_cv);
     pthread_mutex_unlock(&R.mu);
     for (unsigned i = 0; i < R.cfg->workers; i++)
         pthread_join(R.workers[i], NULL);
     pthread_join(R.connector, NULL);
+    /* Only now: a worker may have waited for its blobs until it ended. */
+    pthread_mutex_lock(&R.mu);
+    R.blobbers_stop = 1;
+    pthread_cond_broadcast(&R.bq_cv);
+    pthread_mutex_unlock(&R.mu);
+    for (unsigned i = 0; i < R.cfg->workers; i++)
+        pthread_join(R.blobbers[i], NULL);
 }
 
 void repl_replica_status(buf *o)
@@ -925,6 +1159,40 @@ void repl_replica_status(buf *o)
     }
     buf_printf(o, "accounts: %zu\nrecords_applied: %llu\nblobs_imported: %llu\nacks: %llu\n"
                "pending_bytes: %llu\n", R.n, (unsigned long long)R.records_applied,
+               (unsigned long long)R.blobs_imported, (unsigned long long)R.acks_sent,
+               (unsigned long long)R.pending);
+    pthread_mutex_unlock(&R.mu);
+}
+
+/* The "metrics" command (see repl_primary_metrics): this replica's link to
+ * its primary, as one "upstream key=value ..." line. */
+void repl_replica_metrics(buf *o)
+{
+    pthread_mutex_lock(&R.mu);
+    size_t failed = 0;
+    for (size_t h = 0; h < R.hcap; h++)
+        for (racct *a = R.hash[h]; a; a = a->hnext)
+            failed += a->failed != 0;
+    /* R.state is "up", "connecting[: why]" or "down: why": its first word */
+    char state[32];
+    snprintf(state, sizeof(state), "%.*s", (int)strcspn(R.state, ": "), R.state);
+    uint64_t in = 0;
+    double rate = 0;
+    if (R.link) {
+        repl_link_stats st;
+        repl_link_get_stats(R.link, &st);
+        in = st.bytes_in;
+        rate = st.rate_in;
+    }
+    buf_printf(o, "node role=replica store=%s epoch=%llu accounts=%zu\n", R.cfg->store_name,
+               (unsigned long long)R.cfg->epoch, R.n);
+    buf_printf(o, "upstream primary=%s%s%s state=%s up=%d bytes_received=%llu receive_bps=%.0f "
+               "accounts=%zu failed_accounts=%zu records_applied=%llu blobs_imported=%llu "
+               "acks=%llu pending_bytes=%llu\n",
+               R.cfg->primary_host[0] ? R.cfg->primary_host : "none",
+               R.cfg->primary_host[0] ? ":" : "", R.cfg->primary_host[0] ? R.cfg->primary_port : "",
+               state[0] ? state : "unknown", strcmp(state, "up") == 0 && R.link && !R.link_dead,
+               (unsigned long long)in, rate, R.n, failed, (unsigned long long)R.records_applied,
                (unsigned long long)R.blobs_imported, (unsigned long long)R.acks_sent,
                (unsigned long long)R.pending);
     pthread_mutex_unlock(&R.mu);

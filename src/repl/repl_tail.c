@@ -124,3 +124,32 @@ int repl_sync_log(const char *acct_dir, uint64_t hint_seg, hv_err *err)
     close(fd);
     return rc;
 }
+
+int repl_make_durable(const char *acct_dir, uint64_t seg, uint64_t end, repl_durable *d,
+                      hv_err *err)
+{
+    /* Covered by the writer's own sync (the common case: every synced
+     * commit moves the mark), or by a sync of this segment earlier in the
+     * pass: the record was written before the pass began. */
+    if (seg == d->synced_seg || seg < d->seg || (seg == d->seg && end <= d->off))
+        return 0;
+    if (!d->looked) {
+        d->looked = 1;
+        if (store_durable_end(acct_dir, &d->seg, &d->off) == 0 &&
+            (seg < d->seg || (seg == d->seg && end <= d->off)))
+            return 0;
+    }
+    /* Past the mark: a writer that died between its write and its sync
+     * left it (or the mark could not be written). */
+    char logdir[4400], path[4600];
+    snprintf(logdir, sizeof(logdir), "%s/log", acct_dir);
+    log_seg_path(logdir, seg, path, sizeof(path));
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return hv_err_sys(err, "open %s", path);
+    int rc = fdatasync(fd) < 0 ? hv_err_sys(err, "fdatasync %s", path) : 0;
+    close(fd);
+    if (rc == 0)
+        d->synced_seg = seg;
+    return rc;
+}
