@@ -516,7 +516,8 @@ void repl_build_move(buf *b, enum repl_msg_type type, const char *acct, uint64_t
 void repl_msg_account(const repl_msg *m, char *out)
 {
     size_t n = m->account_len > REPL_ACCOUNT_MAX ? REPL_ACCOUNT_MAX : m->account_len;
-    memcpy(out, m->account, n);
+    if (n) /* account is NULL for messages without one */
+        memcpy(out, m->account, n);
     out[n] = 0;
 }
 
