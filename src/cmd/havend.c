@@ -419,7 +419,7 @@ int main(int argc, char **argv)
                      user, (int)geteuid());
     }
 
-    log_info("start version=%s pid=%d config=%s mode=%s admin_socket=%s running=master,imap,smtp,lmtp,repl,proxy,http "
+    log_info("start version=%s pid=%d config=%s mode=%s admin_socket=%s built=master,imap,smtp,lmtp,repl,proxy,http "
              "not_built=http_admin_api,status_page",
              HAVEN_VERSION, (int)d.pid, d.conf_path, d.foreground ? "foreground" : "daemon",
              sock_path);
